@@ -1,0 +1,187 @@
+"""dsb benchmarks: speed at the paper's 2d configuration, 2d sample quality, Gaussian d=5 coupling.
+
+Prints figures; asserts nothing about time. Usage:
+
+    python bench/bench.py speed                 # iterations/s and cache build time (paper 2d config)
+    python bench/bench.py quality               # SW2 vs noise floor on scurve, checker, 8gaussians
+    python bench/bench.py gaussian              # d=5 coupling vs closed form and DSB's exact fixed point
+    python bench/bench.py all --device cuda     # everything, on a GPU
+    python bench/bench.py speed --quick         # tiny sizes (what the tests run)
+
+Results are also written as JSON to bench/out/<name>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dsb.core import get_device
+from dsb.reference import Schedule, reference_transition
+from dsb.ipf import IPF, Direction, Callback, EMA, LossLogger, build_cache
+from dsb.run import DSBConfig, make_config, run, make_net, data_samplers
+from dsb.gaussian import gaussian_problem
+from dsb.reference import ReferenceMean
+from dsb.static import gaussian_sb_cross_cov
+
+OUT = Path(__file__).parent / "out"
+
+# The original implementation, measured on the 2-core development machine (issue 3):
+ORIGINAL = {"all_in_it_per_s": (100, 112), "train_only_it_per_s": 230, "cache_build_s": 0.5}
+# The paper's 2d configuration (conf/dataset/2d.yaml of the original code).
+PAPER_2D = dict(num_steps=20, gamma_min=0.01, gamma_max=0.01, batch_size=512, cache_npar=10_000, cache_refresh=100)
+
+
+def sync(device):
+    if device.type == "cuda": torch.cuda.synchronize()
+
+
+def mlp_flops(x_dim=2, batch=1):
+    "Multiply-adds of one forward pass of the paper's 2d MLP, times 2 (FLOPs)."
+    macs = x_dim * 16 + 16 * 32 + 16 * 16 + 16 * 32 + 64 * 128 + 128 * 128 + 128 * x_dim
+    return 2 * macs * batch
+
+
+def speed(device, quick=False, repeats=3):
+    "Cache build time and training iterations/s at the paper's 2d configuration."
+    cfg = make_config(**PAPER_2D, device=str(device), progress=False, plots=False)
+    if quick: cfg = make_config(**{**PAPER_2D, "cache_npar": 500, "batch_size": 64}, device=str(device), progress=False)
+    n_iter = 200 if quick else 2000
+    schedule = Schedule.from_params(cfg.num_steps, cfg.gamma_min, cfg.gamma_max, cfg.gamma_space)
+    data, prior, shape = data_samplers(cfg)
+
+    def make_ipf(cache_refresh, num_iter):
+        torch.manual_seed(0)
+        fw = Direction("forward", make_net(cfg, shape).to(device), data, schedule.forward_grid())
+        bw = Direction("backward", make_net(cfg, shape).to(device), prior, schedule.backward_grid())
+        ref = ReferenceMean(schedule, cfg.mean_final, cfg.var_final).to(device)
+        return IPF(fw, bw, ref, n_ipf=1, num_iter=num_iter, batch_size=cfg.batch_size, cache_npar=cfg.cache_npar,
+                   cache_refresh=cache_refresh, lr=cfg.lr, grad_clip=cfg.grad_clip, callbacks=[EMA(cfg.ema_rate), LossLogger()])
+
+    ipf = make_ipf(cfg.cache_refresh, n_iter)
+    net = ipf.forward.ema
+    x0 = data(cfg.cache_npar, torch.Generator().manual_seed(0)).to(device)
+    build_cache(net, x0[:100], *schedule.forward_grid())  # warm up
+    times = []
+    for r in range(repeats + 2):
+        sync(device); t0 = time.perf_counter()
+        build_cache(net, x0, *schedule.backward_grid(), generator=torch.Generator(device).manual_seed(r))
+        sync(device); times.append(time.perf_counter() - t0)
+    cache_s = statistics.median(times[2:])
+    cache_flops = 2 * cfg.num_steps * mlp_flops(2, cfg.cache_npar)
+
+    rates = {}
+    for label, refresh in (("train_only", n_iter), ("all_in", cfg.cache_refresh)):
+        runs = []
+        for r in range(repeats):
+            ipf = make_ipf(refresh, n_iter)
+            marks = []
+            class Mark(Callback):  # time from the end of the first step: excludes the one cache build
+                def after_step(self, ipf):
+                    if ipf.step == 0: sync(device); marks.append(time.perf_counter())
+            ipf.callbacks.append(Mark())
+            ipf.n, ipf.half = 0, 0
+            sync(device); t0 = time.perf_counter()
+            ipf.half_step(0)
+            sync(device); t1 = time.perf_counter()
+            runs.append((n_iter - 1) / (t1 - marks[0]) if label == "train_only" else n_iter / (t1 - t0))
+        rates[label] = statistics.median(runs)
+    train_flops = 3 * mlp_flops(2, cfg.batch_size)
+    res = {"device": str(device), "config": {**PAPER_2D, **({"cache_npar": cfg.cache_npar, "batch_size": cfg.batch_size} if quick else {})},
+           "threads": torch.get_num_threads(), "cache_build_s": cache_s,
+           "cache_gflop": cache_flops / 1e9, "cache_gflop_per_s": cache_flops / cache_s / 1e9,
+           "train_only_it_per_s": rates["train_only"], "all_in_it_per_s": rates["all_in"],
+           "train_gflop_per_s": train_flops * rates["train_only"] / 1e9,
+           "speedup_all_in_vs_original": rates["all_in"] / statistics.mean(ORIGINAL["all_in_it_per_s"]),
+           "speedup_train_only_vs_original": rates["train_only"] / ORIGINAL["train_only_it_per_s"],
+           "all_in_bound_it_per_s_at_measured_rates": 1 / (1 / rates["train_only"] + cache_s / cfg.cache_refresh)}
+    return res
+
+
+def quality(device, quick=False, datasets=("scurve", "checker", "8gaussians"), **overrides):
+    "Default-config runs on several 2d data sets: SW2 of generated vs held-out data next to the noise floor."
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in datasets:
+            params = dict(data=name, device=str(device), out_dir=tmp, progress=False, plots=False, **overrides)
+            if quick: params.update(n_ipf=1, num_iter=100, cache_npar=300, eval_npar=500)
+            s = run(**params)
+            rows.append({"data": name, "sw2": s["sw2_data"], "floor": s["sw2_floor"], "ratio": s["sw2_data"] / s["sw2_floor"],
+                         "sw2_prior": s["sw2_prior"], "wall_s": s["wall_s"], "it_per_s": s["iterations_per_s"]})
+    return {"device": str(device), "rows": rows}
+
+
+# A schedule at which DSB's exact update (04_gaussian) is close to the true bridge in d = 5.
+GAUSSIAN_5D = dict(dataset="gaussian", data_dim=5, num_steps=20, gamma_min=0.05, gamma_max=0.05, var_final=1.0)
+
+
+def gaussian(device, quick=False, **overrides):
+    "DSB with networks on Gaussian d=5: learned cross-covariance vs closed form and vs DSB's exact fixed point."
+    from dsb.gaussian import dsb_ipf_gaussian
+    params = dict(**GAUSSIAN_5D, n_ipf=10, num_iter=3000, cache_npar=4000, eval_npar=100_000, lr=1e-3,
+                  device=str(device), progress=False, plots=False)
+    params.update(overrides)
+    if quick: params.update(n_ipf=1, num_iter=100, cache_npar=300, eval_npar=2000)
+    cfg = make_config(**params)
+    with tempfile.TemporaryDirectory() as tmp:
+        s = run(**{**params, "out_dir": tmp})
+        history = [json.loads(l) for l in (Path(s["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    errs = [r["cross_cov_error"] for r in history if "cross_cov_error" in r]
+    schedule = Schedule.from_params(cfg.num_steps, cfg.gamma_min, cfg.gamma_max, cfg.gamma_space)
+    exact = dsb_ipf_gaussian(schedule, *gaussian_problem(cfg.data_dim), cfg.mean_final, cfg.var_final, cfg.n_ipf)
+    exact_errs = [float(e) for e in exact["error"]]
+    return {"device": str(device), "schedule": {k: params[k] for k in ("num_steps", "gamma_min", "gamma_max", "var_final")},
+            "T": schedule.T, "n_ipf": cfg.n_ipf, "network_error_per_ipf": errs, "exact_dsb_error_per_ipf": exact_errs,
+            "network_error": errs[-1], "exact_dsb_error": exact_errs[-1], "gap_pp": 100 * (errs[-1] - exact_errs[-1]),
+            "wall_s": s["wall_s"]}
+
+
+def show(name, res):
+    print(f"\n== {name} ({res.get('device')})")
+    if name == "speed":
+        c = res["config"]
+        print(f"config: N={c['num_steps']} batch={c['batch_size']} cache={c['cache_npar']} refresh={c['cache_refresh']} threads={res['threads']}")
+        print(f"{'':28s}{'dsb':>10s}{'original':>12s}")
+        print(f"{'cache build (s)':28s}{res['cache_build_s']:10.3f}{ORIGINAL['cache_build_s']:12.2f}   ({res['cache_gflop']:.1f} GFLOP at {res['cache_gflop_per_s']:.0f} GFLOP/s)")
+        print(f"{'training only (it/s)':28s}{res['train_only_it_per_s']:10.0f}{ORIGINAL['train_only_it_per_s']:12d}   ({res['train_gflop_per_s']:.0f} GFLOP/s)")
+        lo, hi = ORIGINAL["all_in_it_per_s"]
+        print(f"{'all in (it/s)':28s}{res['all_in_it_per_s']:10.0f}{f'{lo}-{hi}':>12s}   (x{res['speedup_all_in_vs_original']:.1f})")
+    elif name == "quality":
+        print(f"{'data':12s}{'SW2':>8s}{'floor':>8s}{'ratio':>8s}{'SW2 prior':>11s}{'wall s':>8s}{'it/s':>7s}")
+        for r in res["rows"]:
+            print(f"{r['data']:12s}{r['sw2']:8.3f}{r['floor']:8.3f}{r['ratio']:8.2f}{r['sw2_prior']:11.3f}{r['wall_s']:8.0f}{r['it_per_s']:7.0f}")
+    elif name == "gaussian":
+        print(f"schedule {res['schedule']} T={res['T']:.2f}, {res['n_ipf']} IPF iterations")
+        print(f"{'IPF':>4s}{'network err %':>15s}{'exact DSB err %':>17s}")
+        for i, (a, b) in enumerate(zip(res["network_error_per_ipf"], res["exact_dsb_error_per_ipf"])):
+            print(f"{i + 1:4d}{100 * a:15.2f}{100 * b:17.2f}")
+        print(f"final: network {100 * res['network_error']:.2f} %, exact DSB {100 * res['exact_dsb_error']:.2f} %, gap {res['gap_pp']:+.2f} pp")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=("speed", "quality", "gaussian", "all"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
+    a = p.parse_args(argv)
+    device = get_device(a.device)
+    OUT.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for name, fn in (("speed", speed), ("quality", quality), ("gaussian", gaussian)):
+        if a.what in (name, "all"):
+            res = fn(device, quick=a.quick)
+            results[name] = res
+            show(name, res)
+            if not a.quick: (OUT / f"{name}-{device.type}.json").write_text(json.dumps(res, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"Training end to end: papermill smoke run, bad parameters, SIGKILL and resume, NaN loss, damaged checkpoints."
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(n_ipf=2, num_iter=300, cache_refresh=50, checkpoint_every=50, cache_npar=300, batch_size=128,
+            eval_npar=400, progress=False, data="moon")
+
+
+def files_of(d):
+    return {p.name: p.read_bytes() for p in Path(d).iterdir() if p.is_file()}
+
+
+def test_papermill_runs_train_notebook(tmp_path):
+    import papermill as pm
+    out = tmp_path / "out.ipynb"
+    params = dict(n_ipf=1, num_iter=40, cache_refresh=20, cache_npar=200, batch_size=64, eval_npar=300,
+                  out_dir=str(tmp_path / "runs"), run_name="smoke", progress=False, data="checker")
+    pm.execute_notebook(str(ROOT / "nbs" / "train.ipynb"), str(out), parameters=params, kernel_name="python3",
+                        cwd=str(tmp_path), progress_bar=False)
+    nb = json.loads(out.read_text())
+    assert any("injected-parameters" in c["metadata"].get("tags", []) for c in nb["cells"]), "papermill lost the parameters cell"
+    run_dir = tmp_path / "runs" / "smoke"
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"config.json", "checkpoint.pt", "metrics.jsonl", "metrics.json", "samples_ipf01.png", "bridge.gif"} <= names
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["data"] == "checker" and cfg["num_iter"] == 40     # the injected values were used, not the defaults
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["steps"] == 2 * 40 and all(map(lambda k: m[k] == m[k] and m[k] > 0, ("sw2_data", "sw2_floor", "sw2_prior")))
+
+
+def test_papermill_bad_parameter_fails_before_training(tmp_path):
+    import papermill as pm
+    with pytest.raises(pm.PapermillExecutionError, match="dataset='celebb' is not allowed"):
+        pm.execute_notebook(str(ROOT / "nbs" / "train.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters=dict(dataset="celebb", out_dir=str(tmp_path / "runs")), kernel_name="python3",
+                            cwd=str(tmp_path), progress_bar=False)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("params,match", [
+    (dict(num_iter=0), "num_iter must be an integer >= 1"),
+    (dict(n_ipf=-1), "n_ipf"),
+    (dict(data="spiral"), "data='spiral' is not allowed"),
+    (dict(gamma_max=2.0), "gamma_max=2.0 must be < var_final"),
+    (dict(lr=float("nan")), "lr"),
+    (dict(cache_npar=1), "cache_npar"),
+    (dict(time_sampling="random"), "time_sampling"),
+    (dict(batch_sz=3), "unknown parameter"),
+])
+def test_bad_parameters_fail_before_any_output(tmp_path, params, match):
+    from dsb.run import run
+    with pytest.raises(ValueError, match=match): run(out_dir=str(tmp_path / "runs"), **params)
+    assert not (tmp_path / "runs").exists()
+
+
+def _position(ckpt):
+    try: return tuple(torch.load(ckpt, weights_only=True)["position"])
+    except Exception: return None
+
+
+def test_sigkill_and_resume_gives_the_same_metrics(tmp_path):
+    from dsb.run import run
+    full = run(**TINY, out_dir=str(tmp_path), run_name="full")
+    code = f"from dsb.run import run; run(**{TINY!r}, out_dir={str(tmp_path)!r}, run_name='killed')"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt, deadline, pos = tmp_path / "killed" / "checkpoint.pt", time.time() + 300, None
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            pos = _position(ckpt) if ckpt.exists() else None
+            if pos is not None and pos >= (1, 0, 100): break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read().decode()[-500:]
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "metrics.json").exists()   # it really died mid-run
+    resumed = run(resume=str(tmp_path / "killed"), progress=False)
+    for k in ("sw2_data", "sw2_prior", "sw2_floor", "steps"): assert resumed[k] == full[k], k
+    log = lambda d: (tmp_path / d / "metrics.jsonl").read_text()
+    assert log("killed") == log("full")
+
+
+def test_nan_loss_stops_with_position_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    import dsb.ipf
+    from dsb.run import run
+    real = dsb.ipf.build_cache
+    calls = []
+    def poisoned(*a, **k):
+        cache = real(*a, **k); calls.append(1)
+        if len(calls) == 3: cache.target.fill_(float("nan"))   # third cache: IPF 0, backward net, step 100
+        return cache
+    monkeypatch.setattr(dsb.ipf, "build_cache", poisoned)
+    with pytest.raises(FloatingPointError, match="IPF iteration 0, training the backward network, step 100") as e:
+        run(**TINY, out_dir=str(tmp_path), run_name="nan")
+    assert "checkpoint.pt there is the last good state" in str(e.value)
+    pos = _position(tmp_path / "nan" / "checkpoint.pt")
+    assert pos == (0, 0, 100)
+    monkeypatch.setattr(dsb.ipf, "build_cache", real)
+    resumed = run(resume=str(tmp_path / "nan"), progress=False)     # and the run can go on from there
+    assert resumed["steps"] == 2 * 2 * 300
+
+
+def test_damaged_checkpoints_give_a_clear_error_and_lose_nothing(tmp_path):
+    from dsb.run import run
+    s = run(**{**TINY, "n_ipf": 1, "num_iter": 100}, out_dir=str(tmp_path), run_name="r")
+    run_dir = Path(s["run_dir"])
+    for name in ("checkpoint.pt", "checkpoint_prev.pt"):
+        (run_dir / name).write_bytes((run_dir / name).read_bytes()[:100])   # truncated
+    before = files_of(run_dir)
+    with pytest.raises(RuntimeError, match="corrupt or truncated"): run(resume=str(run_dir), progress=False)
+    assert files_of(run_dir) == before
+
+
+def test_resume_of_a_folder_that_is_not_a_run(tmp_path):
+    from dsb.run import run
+    with pytest.raises(ValueError, match="config.json is missing"): run(resume=str(tmp_path), progress=False)
+
+
+def test_new_runs_never_overwrite(tmp_path):
+    from dsb.run import run
+    a = run(**{**TINY, "n_ipf": 1, "num_iter": 50}, out_dir=str(tmp_path), run_name="same", plots=False)
+    b = run(**{**TINY, "n_ipf": 1, "num_iter": 50}, out_dir=str(tmp_path), run_name="same", plots=False)
+    assert a["run_dir"] != b["run_dir"] and Path(a["run_dir"], "metrics.json").exists()
+
+
+def test_bench_quick_prints_figures():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "speed", "--quick"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "all in (it/s)" in out.stdout and "cache build (s)" in out.stdout
