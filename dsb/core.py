@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['get_device', 'seed_everything', 'derive_seed', 'append_dims', 'sum_except_batch', 'mean_except_batch',
+__all__ = ['get_device', 'seed_everything', 'derive_seed', 'tune_malloc', 'append_dims', 'sum_except_batch', 'mean_except_batch',
            'check_positive', 'check_int', 'check_spd', 'sqrtm_psd']
 
 # %% ../nbs/00_core.ipynb #74beb03c
@@ -49,6 +49,16 @@ def derive_seed(*parts: int) -> int:
     for p in parts:
         h = ((h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) % 2**64
     return h % 2**63
+
+# %% ../nbs/00_core.ipynb #fe5104c8
+def tune_malloc(mmap_threshold: int = 256 << 20, trim_threshold: int = 512 << 20) -> bool:
+    "Keep large CPU blocks in glibc's heap (mallopt M_MMAP_THRESHOLD / M_TRIM_THRESHOLD); False where not glibc."
+    try:
+        import ctypes, ctypes.util
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD, trim_threshold))
+    except (OSError, AttributeError): return False
 
 # %% ../nbs/00_core.ipynb #2702881b
 def append_dims(x: Tensor, target_dims: int) -> Tensor:

@@ -6,29 +6,23 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
-import datetime
 import json
 import math
 import os
-import time
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 from fastcore.basics import patch
 
-from .core import get_device, seed_everything, derive_seed, mean_except_batch, check_int, check_positive
-from .reference import Schedule, gamma_schedule, sample_chain, sample_path, ReferenceMean, reference_transition
-from .reversal import mean_matching_target
-from .models import MLP, ResidualMean
-from .data import DATASETS_2D, GaussianData, make_sampler, prior_sampler
+from .core import derive_seed, mean_except_batch, check_int, check_positive
+from .reference import sample_chain
 
 # %% auto #0
-__all__ = ['Cache', 'build_cache', 'Direction', 'Callback', 'CancelFit', 'NonFiniteLossError', 'IPF', 'EMA', 'Progress',
+__all__ = ['Cache', 'build_cache', 'Direction', 'Callback', 'CancelFit', 'NonFiniteLossError', 'adam', 'IPF', 'EMA', 'Progress',
            'LossLogger', 'atomic_save', 'load_checkpoint', 'Checkpointer']
 
 # %% ../nbs/07_ipf.ipynb #1459f1b3
@@ -60,14 +54,19 @@ def build_cache(sample_fn: Callable, # mean function that simulates the chain, `
                 x0: Tensor,          # (npar, *shape) starting states
                 t: Tensor,           # (N+1,) normalised times in travel order
                 gammas: Tensor,      # (N,) step sizes in travel order
-                generator: torch.Generator = None) -> Cache:
+                generator: torch.Generator = None,
+                chunk: int = None,   # particles simulated at once; default 4096 on the CPU, all on a GPU
+               ) -> Cache:
     "Simulate `x0` along the grid with `sample_fn` and store states and mean-matching targets (Algorithm 1)."
     npar, N = x0.shape[0], len(gammas)
+    chunk = chunk or (4096 if x0.device.type == "cpu" else npar)
     xs = x0.new_empty((N, *x0.shape)); targets = x0.new_empty((N, *x0.shape))
-    def record(i, x, mean, x_next):
-        xs[i] = x_next
-        targets[i] = x_next + mean - sample_fn(x_next, t[i].to(x0))
-    sample_chain(sample_fn, x0, t, gammas, generator=generator, callback=record)
+    for lo in range(0, npar, chunk):
+        rows = slice(lo, lo + chunk)
+        def record(i, x, mean, x_next):
+            xs[i, rows] = x_next
+            targets[i, rows] = x_next + mean - sample_fn(x_next, t[i].to(x0))
+        sample_chain(sample_fn, x0[rows], t, gammas, generator=generator, callback=record)
     return Cache(xs.reshape(N * npar, *x0.shape[1:]), targets.reshape(N * npar, *x0.shape[1:]),
                  t[1:].to(x0), npar)
 
@@ -100,6 +99,12 @@ class CancelFit(Exception):
 class NonFiniteLossError(FloatingPointError):
     "The training loss became NaN or infinite."
 
+# %% ../nbs/07_ipf.ipynb #d7d37be2
+def adam(params, lr: float) -> torch.optim.Optimizer:
+    "`torch.optim.Adam`, fused when this PyTorch and device support it."
+    try: return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError): return torch.optim.Adam(params, lr=lr)
+
 # %% ../nbs/07_ipf.ipynb #a9dd1183
 class IPF:
     "Algorithm 1 of De Bortoli et al. (2021): alternating mean-matching regressions of two directions."
@@ -111,6 +116,7 @@ class IPF:
                  cache_npar: int = 1024,     # chains simulated per cache
                  cache_refresh: int = 100,   # steps between cache refreshes
                  lr: float = 1e-3,
+                 lr_decay: float = 0.1,      # the learning rate falls (cosine) to lr * lr_decay within each half-step
                  grad_clip: float = 1.0,     # max gradient norm; 0 disables clipping
                  step_weights: Callable = None,  # gammas (N,) in travel order -> (N,) weights of each step in a batch; None: uniform
                  warm_start: bool = True,    # start each half-step from the previous network of that direction
@@ -118,9 +124,10 @@ class IPF:
                  callbacks=()):
         for name in ("n_ipf", "num_iter", "batch_size", "cache_npar", "cache_refresh"): check_int(name, locals()[name])
         check_positive("lr", lr); check_positive("grad_clip", grad_clip, allow_zero=True)
+        if not 0 < lr_decay <= 1: raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay}")
         self.forward, self.backward, self.reference = forward, backward, reference
         self.n_ipf, self.num_iter, self.batch_size, self.cache_npar = n_ipf, num_iter, batch_size, cache_npar
-        self.cache_refresh, self.lr, self.grad_clip, self.warm_start, self.seed = cache_refresh, lr, grad_clip, warm_start, seed
+        self.cache_refresh, self.lr, self.lr_decay, self.grad_clip, self.warm_start, self.seed = cache_refresh, lr, lr_decay, grad_clip, warm_start, seed
         self.device = next(forward.net.parameters()).device
         self.step_weights = step_weights
         self.callbacks = list(callbacks)
@@ -143,6 +150,10 @@ class IPF:
         "`(train, sample)` directions of a half-step: half 0 trains backward on forward chains, half 1 the reverse."
         return (self.backward, self.forward) if half == 0 else (self.forward, self.backward)
 
+    def lr_at(self, step: int) -> float:
+        "Cosine decay from `lr` to `lr * lr_decay` over a half-step."
+        return self.lr * (self.lr_decay + (1 - self.lr_decay) * 0.5 * (1 + math.cos(math.pi * step / self.num_iter)))
+
     def sample_fn(self, n: int, half: int) -> nn.Module:
         "Mean function that simulates the chains of half-step `(n, half)`: the reference first, then the other EMA."
         return self.reference if (n, half) == (0, 0) else self.pair(half)[1].ema
@@ -157,17 +168,20 @@ def half_step(self: IPF, start_step: int = 0):
     probs = None if self.step_weights is None else self.step_weights(sample.grid[1]).float().to(self.device)
     if start_step == 0 and not self.warm_start: train.reset()
     params = [p for p in train.net.parameters() if p.requires_grad]
-    self.opt = torch.optim.Adam(params, lr=self.lr)
+    self.opt = adam(params, self.lr)
     if self._opt_state is not None: self.opt.load_state_dict(self._opt_state); self._opt_state = None
     self.callback("before_half")
     for self.step in range(start_step, self.num_iter):
         if self.step % self.cache_refresh == 0:
             self.position = (n, half, self.step)
             self.callback("before_block")
-            seed = derive_seed(self.seed, n, half, self.step)
-            self.generator = torch.Generator(self.device).manual_seed(seed)
-            x0 = sample.start(self.cache_npar, torch.Generator().manual_seed(seed)).to(self.device)
+            # two streams: the chains' starting points and everything else (chain noise, batches).
+            # Seeding both with the same number would make the first noise draw equal the start.
+            seeds = derive_seed(self.seed, n, half, self.step, 0), derive_seed(self.seed, n, half, self.step, 1)
+            x0 = sample.start(self.cache_npar, torch.Generator().manual_seed(seeds[0])).to(self.device)
+            self.generator = torch.Generator(self.device).manual_seed(seeds[1])
             self.cache = build_cache(sample_fn, x0, *sample.grid, generator=self.generator)
+        for group in self.opt.param_groups: group["lr"] = self.lr_at(self.step)
         x, target, t = self.cache.sample(self.batch_size, self.generator, probs)
         loss = mean_except_batch((train.net(x, t) - target) ** 2).mean()
         self.opt.zero_grad(set_to_none=True)

@@ -132,3 +132,12 @@ def test_bench_quick_prints_figures():
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "speed", "--quick"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "all in (it/s)" in out.stdout and "cache build (s)" in out.stdout
+
+
+def test_gaussian_run_reports_the_coupling_error(tmp_path):
+    "The 'gaussian' data set logs the learned coupling's error against the closed-form bridge."
+    from dsb.run import run
+    s = run(dataset="gaussian", data_dim=2, num_steps=10, gamma_min=0.05, gamma_max=0.05, n_ipf=2, num_iter=300,
+            cache_npar=1000, eval_npar=20000, progress=False, out_dir=str(tmp_path))
+    assert 0 < s["cross_cov_error"] < 0.5      # a short run; bench/bench.py gaussian runs the real check
+    assert (Path(s["run_dir"]) / "samples_ipf02.png").exists()

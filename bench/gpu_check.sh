@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine: install what is missing there (wheels carried in .whl/), check the
+# engine runs on CUDA, then time and measure. Logs and JSON go to $OUT (or bench/out), a table last.
+#   bash bench/gpu_check.sh            (from the repository root; needs a CUDA device)
+set -uo pipefail
+out=${OUT:-bench/out}; mkdir -p "$out"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+python3 -c "import torch, dsb; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0))" | tee -a "$out/gpu.txt"
+
+step() { local name=$1; shift; local t0=$(date +%s); echo "== $name"; "$@" 2>&1 | tee "$out/$name.log"; local rc=${PIPESTATUS[0]}; echo "$name rc=$rc $(( $(date +%s) - t0 ))s" >> "$out/summary.txt"; }
+
+# 1. a tiny run through the full runner on CUDA (config, caches, EMA, checkpoint, resume, plots)
+step smoke python3 - <<'PY'
+import tempfile, torch
+from dsb.run import run
+with tempfile.TemporaryDirectory() as tmp:
+    kw = dict(n_ipf=2, num_iter=200, cache_refresh=50, checkpoint_every=50, cache_npar=500, eval_npar=2000, progress=False, device="cuda", out_dir=tmp)
+    a = run(**kw, run_name="a")
+    b = run(**{**kw, "n_ipf": 1}, run_name="b")
+    import json, pathlib
+    p = pathlib.Path(b["run_dir"]) / "config.json"; c = json.loads(p.read_text()); c["n_ipf"] = 2; p.write_text(json.dumps(c))
+    r = run(resume=b["run_dir"], device="cuda", progress=False)
+    print("cuda smoke:", {k: a[k] for k in ("sw2_data", "sw2_floor", "sw2_prior", "iterations_per_s")})
+    print("resumed vs uninterrupted on cuda (not bitwise by design):", r["sw2_data"], a["sw2_data"])
+PY
+# 2. speed at the paper's 2d configuration
+step speed python3 bench/bench.py speed --device cuda
+# 3. Gaussian d=5: learned coupling vs closed form and DSB's exact fixed point
+step gaussian python3 bench/bench.py gaussian --device cuda
+# 4. 2d quality: default config on three data sets
+step quality python3 bench/bench.py quality --device cuda
+echo; echo "== summary"; cat "$out/summary.txt"
