@@ -247,7 +247,10 @@ class EMA(Callback):
         self.net_params, self.ema_params = list(train.net.parameters()), list(train.ema.parameters())
     @torch.no_grad()
     def after_step(self, ipf):
-        if self.rate > 0: torch._foreach_lerp_(self.ema_params, self.net_params, 1 - self.rate)
+        if self.rate == 0: return
+        updates = ipf.n * ipf.num_iter + ipf.step     # this direction's updates so far: a function of the position
+        rate = min(self.rate, (1 + updates) / (10 + updates))
+        torch._foreach_lerp_(self.ema_params, self.net_params, 1 - rate)
     @torch.no_grad()
     def after_half(self, ipf):
         train = ipf.pair(ipf.half)[0]

@@ -5,7 +5,6 @@
 # %% ../nbs/10_run.ipynb #d095cbc1
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import math
@@ -19,16 +18,16 @@ import torch
 from .core import get_device, derive_seed, check_int, check_positive, tune_malloc
 from .static import gaussian_sb_cross_cov
 from .gaussian import gaussian_problem
-from .reference import Schedule, gamma_schedule, sample_chain, sample_path, ReferenceMean, reference_transition
+from .reference import Schedule, sample_chain, sample_path, ReferenceMean, reference_transition
 from .models import MLP, ResidualMean
 from .data import DATASETS_2D, GaussianData, make_sampler, prior_sampler
 from .ipf import IPF, Direction, Callback, EMA, Progress, LossLogger, Checkpointer, load_checkpoint, NonFiniteLossError
 from .metrics import sliced_wasserstein, coupling_moments, relative_error
-from .plots import plot_samples, plot_path, save_gif
+from .plots import plot_samples, save_gif
 
 # %% auto #0
 __all__ = ['DATASETS', 'MODELS', 'GAMMA_SPACES', 'TIME_SAMPLING', 'DSBConfig', 'make_config', 'data_samplers', 'make_net',
-           'build_ipf', 'Evaluate', 'SavePlots', 'write_atomic', 'new_run_dir', 'run']
+           'build_ipf', 'Evaluate', 'SavePlots', 'write_atomic', 'new_run_dir', 'run', 'load_run']
 
 # %% ../nbs/10_run.ipynb #5564b2ba
 DATASETS = ("2d", "gaussian")
@@ -265,3 +264,12 @@ def run(cfg: DSBConfig = None, **params) -> dict:
                "iterations_per_s": (done(ipf.position) - done(steps_before)) / wall}
     write_atomic(run_dir / "metrics.json", json.dumps(summary, indent=1))
     return summary
+
+# %% ../nbs/10_run.ipynb #4c14906d
+def load_run(run_dir, device: str = "cpu") -> IPF:
+    "The `IPF` of a finished or interrupted run, with its newest checkpoint loaded (weights only)."
+    cfg = _resume_config(make_config(resume=str(run_dir), device=device, progress=False))
+    ipf = build_ipf(cfg, get_device(device))
+    ipf.load_state_dict(load_checkpoint(run_dir))
+    ipf.config = cfg
+    return ipf
