@@ -97,6 +97,9 @@ def make_config(**params) -> DSBConfig:
     unknown = sorted(set(params) - known)
     if unknown: raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; known parameters: {', '.join(sorted(known))}")
     cfg = DSBConfig(**{k: _coerce(k, v, getattr(defaults, k)) for k, v in params.items()})
+    if cfg.dataset in ("mnist", "emnist", "emnist_mnist", "celeba", "stackedmnist"):
+        raise ValueError(f"parameter dataset={cfg.dataset!r}: image data sets need the UNet and image loaders, which this "
+                         f"version does not have yet; choose one of {', '.join(map(repr, DATASETS))}")
     _one_of("dataset", cfg.dataset, DATASETS)
     if cfg.dataset == "2d": _one_of("data", cfg.data, DATASETS_2D)
     if cfg.transfer:
