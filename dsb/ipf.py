@@ -171,6 +171,10 @@ def half_step(self: IPF, start_step: int = 0):
     self.opt = adam(params, self.lr)
     if self._opt_state is not None: self.opt.load_state_dict(self._opt_state); self._opt_state = None
     self.callback("before_half")
+    # Reading a loss back stalls a GPU's queue, so there the losses of a block are checked at its end
+    # (before the next checkpoint); on the CPU each loss is checked before its optimiser step.
+    check_each_step = self.device.type == "cpu"
+    block_losses = torch.zeros(self.cache_refresh, device=self.device)
     for self.step in range(start_step, self.num_iter):
         if self.step % self.cache_refresh == 0:
             self.position = (n, half, self.step)
@@ -187,18 +191,30 @@ def half_step(self: IPF, start_step: int = 0):
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip > 0: nn.utils.clip_grad_norm_(params, self.grad_clip, foreach=True)
-        self.loss = loss.item()
-        if not math.isfinite(self.loss):
-            raise NonFiniteLossError(
-                f"loss is {self.loss} at IPF iteration {n}, training the {train.name} network, step {self.step}. "
-                f"Nothing was saved from this step: the last checkpoint is intact. Lower lr, set grad_clip > 0, "
-                f"or use smaller gammas, then resume or restart.")
+        self.loss = loss.detach()
+        i = self.step % self.cache_refresh
+        block_losses[i] = self.loss
+        if check_each_step: self.check_finite(block_losses[i:i + 1], self.step)
         self.opt.step()
         self.callback("after_step")
+        if not check_each_step and (i == self.cache_refresh - 1 or self.step == self.num_iter - 1):
+            self.check_finite(block_losses[:i + 1], self.step - i)
     self.step = self.num_iter
     if half == 1: self.callback("after_ipf")
     self.position = (n, 1, 0) if half == 0 else (n + 1, 0, 0)
     self.callback("after_half")
+
+# %% ../nbs/07_ipf.ipynb #d2056450
+@patch
+def check_finite(self: IPF, losses: Tensor, first_step: int):
+    "Raise `NonFiniteLossError` naming the first step whose loss in `losses` (steps from `first_step`) is NaN or inf."
+    values = losses.tolist()
+    bad = [j for j, v in enumerate(values) if not math.isfinite(v)]
+    if bad:
+        raise NonFiniteLossError(
+            f"loss is {values[bad[0]]} at IPF iteration {self.n}, training the {self.pair(self.half)[0].name} network, "
+            f"step {first_step + bad[0]}. No checkpoint holds this step: the last one is intact. Lower lr, "
+            f"set grad_clip > 0, or use smaller gammas, then resume or restart.")
 
 # %% ../nbs/07_ipf.ipynb #930469cc
 @patch
@@ -269,7 +285,7 @@ class Progress(Callback):
                         desc=f"IPF {ipf.n + 1}/{ipf.n_ipf} {train.name}", leave=self.leave, mininterval=0.5)
     def after_step(self, ipf):
         if (ipf.step + 1) % self.every == 0:
-            self.bar.update(self.every); self.bar.set_postfix(loss=f"{ipf.loss:.3g}", refresh=False)
+            self.bar.update(self.every); self.bar.set_postfix(loss=f"{float(ipf.loss):.3g}", refresh=False)
     def after_half(self, ipf): self.bar.close()
     def after_fit(self, ipf):
         if getattr(self, "bar", None) is not None: self.bar.close()
@@ -281,7 +297,7 @@ class LossLogger(Callback):
     def after_step(self, ipf):
         self.total += ipf.loss; self.count += 1
         if (ipf.step + 1) % ipf.cache_refresh == 0 or ipf.step + 1 == ipf.num_iter:
-            ipf.log(direction=ipf.pair(ipf.half)[0].name, step=ipf.step + 1, loss=self.total / self.count)
+            ipf.log(direction=ipf.pair(ipf.half)[0].name, step=ipf.step + 1, loss=float(self.total) / self.count)
             self.total, self.count = 0., 0
 
 # %% ../nbs/07_ipf.ipynb #bb0193ff
