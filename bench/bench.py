@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,12 +22,11 @@ from pathlib import Path
 import torch
 
 from dsb.core import get_device, tune_malloc
-from dsb.reference import Schedule, reference_transition
+from dsb.reference import Schedule
 from dsb.ipf import IPF, Direction, Callback, EMA, LossLogger, build_cache
-from dsb.run import DSBConfig, make_config, run, make_net, data_samplers
+from dsb.run import make_config, run, make_net, data_samplers
 from dsb.gaussian import gaussian_problem
 from dsb.reference import ReferenceMean
-from dsb.static import gaussian_sb_cross_cov
 
 OUT = Path(__file__).parent / "out"
 

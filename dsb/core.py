@@ -5,8 +5,6 @@
 # %% ../nbs/00_core.ipynb #ecacb10f
 from __future__ import annotations
 
-import math
-import os
 import random
 
 import numpy as np

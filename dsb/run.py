@@ -195,7 +195,7 @@ class SavePlots(Callback):
     def __init__(self, run_dir, evaluate: Evaluate, n_gif: int = 600):
         self.run_dir, self.evaluate, self.n_gif = Path(run_dir), evaluate, n_gif
     def after_ipf(self, ipf):
-        import matplotlib; import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt
         ev = self.evaluate
         fig, axs = plt.subplots(1, 2, figsize=(7, 3.4), dpi=80)
         plot_samples(ipf.generated[:, :2].cpu(), ref=ev.data_heldout[:, :2].cpu(), ax=axs[0],

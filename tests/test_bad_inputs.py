@@ -1,5 +1,4 @@
 "Bad inputs raise clear errors naming the argument, instead of producing NaNs later."
-import math
 
 import pytest
 import torch
