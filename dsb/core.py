@@ -5,15 +5,22 @@
 # %% ../nbs/00_core.ipynb #ecacb10f
 from __future__ import annotations
 
+import difflib
+import errno
+import os
 import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['get_device', 'seed_everything', 'derive_seed', 'tune_malloc', 'append_dims', 'sum_except_batch', 'mean_except_batch',
-           'check_positive', 'check_int', 'check_spd', 'sqrtm_psd']
+__all__ = ['get_device', 'seed_everything', 'derive_seed', 'tune_malloc', 'DevicePolicy', 'device_policy', 'append_dims',
+           'sum_except_batch', 'mean_except_batch', 'check_positive', 'check_int', 'check_cov', 'sqrtm_psd',
+           'relative_error', 'NoSpaceError', 'atomic_write', 'close_matches', 'Registry']
 
 # %% ../nbs/00_core.ipynb #74beb03c
 def get_device(device: str = "auto") -> torch.device:
@@ -26,6 +33,11 @@ def get_device(device: str = "auto") -> torch.device:
     try: dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device={device!r} is not a device name; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={device!r}: dsb trains on 'cpu', 'cuda' or 'cuda:N' ('mps' on Apple silicon); "
+                         f"a {dev.type!r} device cannot run training. Use 'auto' to pick the best one present")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise ValueError(f"device={device!r} but MPS is not available in this PyTorch build or machine; use device='cpu' or 'auto'")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device={device!r} but CUDA is not available here; use device='cpu' or 'auto'")
@@ -57,6 +69,34 @@ def tune_malloc(mmap_threshold: int = 256 << 20, trim_threshold: int = 512 << 20
         M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
         return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD, trim_threshold))
     except (OSError, AttributeError): return False
+
+# %% ../nbs/00_core.ipynb #60a05811
+@dataclass(frozen=True)
+class DevicePolicy:
+    "Every device-dependent rule of training in one place: cache chunking, when losses are read back, generators, malloc tuning."
+    device: torch.device
+
+    @property
+    def cache_chunk(self) -> int | None:
+        "Particles simulated at once when building a cache: 4,096 on the CPU, all of them (None) on a GPU."
+        return 4096 if self.device.type == "cpu" else None
+
+    @property
+    def check_loss_each_step(self) -> bool:
+        "Check every loss before its optimiser step (CPU), or the losses of a block at its end (GPU: no per-step sync)."
+        return self.device.type == "cpu"
+
+    def generator(self, seed: int) -> torch.Generator:
+        "A generator on the device, seeded with `seed`."
+        return torch.Generator(self.device).manual_seed(int(seed))
+
+    def setup(self) -> None:
+        "Process-wide settings a training run wants on this device (glibc malloc tuning on the CPU)."
+        if self.device.type == "cpu": tune_malloc()
+
+def device_policy(device="auto") -> DevicePolicy:
+    "The `DevicePolicy` of a device name (validated by `get_device`)."
+    return DevicePolicy(get_device(device))
 
 # %% ../nbs/00_core.ipynb #2702881b
 def append_dims(x: Tensor, target_dims: int) -> Tensor:
@@ -90,13 +130,20 @@ def check_int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 # %% ../nbs/00_core.ipynb #e4db3940
-def check_spd(name: str, cov: Tensor, tol: float = 1e-10) -> Tensor:
-    "Return `cov` (float64) after checking it is a finite, square, symmetric positive-definite matrix."
+def check_cov(name: str, # the argument's name, for the error message
+              cov, # (..., d, d) covariance matrix or a stack of them
+              definite: bool = True, # positive definite (True) or semi-definite (False)
+              tol: float = 1e-10, # relative tolerance for symmetry (and, scaled by 100, for negative eigenvalues)
+             ) -> Tensor: # cov as float64
+    "Return `cov` (float64) after checking it is finite, square, symmetric and positive (semi-)definite."
     cov = torch.as_tensor(cov, dtype=torch.float64)
-    if cov.ndim != 2 or cov.shape[0] != cov.shape[1]: raise ValueError(f"{name} must be a square matrix, got shape {tuple(cov.shape)}")
+    if cov.ndim < 2 or cov.shape[-1] != cov.shape[-2]: raise ValueError(f"{name} must be a square matrix, got shape {tuple(cov.shape)}")
     if not torch.isfinite(cov).all(): raise ValueError(f"{name} has non-finite entries")
-    if (cov - cov.T).abs().max() > tol * max(1., cov.abs().max().item()): raise ValueError(f"{name} must be symmetric")
-    if torch.linalg.cholesky_ex(cov).info != 0: raise ValueError(f"{name} must be positive definite (its Cholesky factorisation failed)")
+    scale = max(1., cov.abs().max().item()) if cov.numel() else 1.
+    if (cov - cov.mT).abs().max() > tol * scale: raise ValueError(f"{name} must be symmetric")
+    lam = torch.linalg.eigvalsh(cov)[..., 0]
+    if (lam <= 0).any() if definite else (lam < -100 * tol * scale).any():
+        raise ValueError(f"{name} must be positive {'definite' if definite else 'semi-definite'} (smallest eigenvalue {lam.min().item():.3g})")
     return cov
 
 # %% ../nbs/00_core.ipynb #aa0dcd74
@@ -105,3 +152,63 @@ def sqrtm_psd(S: Tensor) -> Tensor:
     S = (S + S.transpose(-1, -2)) / 2
     lam, U = torch.linalg.eigh(S)
     return (U * lam.clamp_min(0).sqrt().unsqueeze(-2)) @ U.transpose(-1, -2)
+
+# %% ../nbs/00_core.ipynb #4bff61be
+def relative_error(A: Tensor, # (..., m, n) estimate
+                   B: Tensor, # (..., m, n) reference (broadcast against A), no matrix all zero
+                  ) -> Tensor: # (...) float64
+    "Relative Frobenius error $\\|A - B\\|_F / \\|B\\|_F$ of matrices (batched over leading dimensions)."
+    A, B = torch.as_tensor(A, dtype=torch.float64), torch.as_tensor(B, dtype=torch.float64)
+    try: shape = torch.broadcast_shapes(A.shape, B.shape)
+    except RuntimeError: raise ValueError(f"A and B must have the same (or broadcastable) shapes, got {tuple(A.shape)} and {tuple(B.shape)}") from None
+    A, B = A.expand(shape), B.to(A.device).expand(shape)
+    if A.ndim < 2: A, B = A.reshape(1, -1), B.reshape(1, -1)
+    norm_b = torch.linalg.matrix_norm(B)
+    if (norm_b == 0).any(): raise ValueError("B must not be zero (relative error undefined)")
+    return torch.linalg.matrix_norm(A - B) / norm_b
+
+# %% ../nbs/00_core.ipynb #d8e74385
+class NoSpaceError(OSError):
+    "Not enough disk space to write a file; the previous version of the file is untouched."
+
+def atomic_write(path, # the file to (re)place
+                 data, # bytes-like or str (written as UTF-8)
+                ) -> Path:
+    "Write `data` to `path` atomically (temporary file, fsync, `os.replace`); on any failure `path` is untouched and no temporary file is left."
+    path = Path(path); tmp = path.with_name(path.name + ".tmp")
+    data = data.encode() if isinstance(data, str) else data
+    size = len(memoryview(data).cast("B"))
+    def no_space(free):
+        return NoSpaceError(errno.ENOSPC, f"no space left to write {path}: it needs {size / 2**20:.1f} MiB and "
+                            f"{free / 2**20:.1f} MiB are free on that disk. Free some space (or move out_dir), then resume")
+    free = shutil.disk_usage(path.parent).free
+    if free < size + (1 << 20): raise no_space(free)
+    try:
+        with open(tmp, "wb") as f: f.write(data); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC: raise no_space(shutil.disk_usage(path.parent).free) from None
+        raise
+    return path
+
+# %% ../nbs/00_core.ipynb #9f1e6dd7
+def close_matches(name: str, options) -> str:
+    "' (did you mean ...?)' for the options closest to `name`, or ''."
+    m = difflib.get_close_matches(str(name), [str(o) for o in options], n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(map(repr, m))}?)" if m else ""
+
+class Registry:
+    "Named entries of one kind (data sets, models, solvers): `@REG.register(name)` adds one, `REG[name]` looks it up."
+    def __init__(self, kind: str): self.kind, self.entries = kind, {}
+    def register(self, name: str):
+        "Decorator adding (or replacing) the entry `name`."
+        def deco(obj): self.entries[name] = obj; return obj
+        return deco
+    def __getitem__(self, name):
+        if name not in self.entries:
+            raise ValueError(f"unknown {self.kind} {name!r}{close_matches(name, self.entries)}; registered: {', '.join(map(repr, self.entries))}")
+        return self.entries[name]
+    def __contains__(self, name): return name in self.entries
+    def __iter__(self): return iter(self.entries)
+    def __repr__(self): return f"Registry({self.kind!r}: {', '.join(self.entries)})"

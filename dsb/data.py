@@ -11,7 +11,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from .core import check_int, check_positive, check_spd
+from .core import check_int, check_positive, check_cov
 
 # %% auto #0
 __all__ = ['DATASETS_2D', 'SAMPLER_NAMES', 'TRANSFER_PAIRS', 'sample_2d', 'GaussianData', 'make_sampler', 'prior_sampler',
@@ -100,7 +100,7 @@ class GaussianData:
         cov,                               # (d, d) symmetric positive-definite covariance Sigma
         dtype: torch.dtype = torch.float32, # dtype of the samples
     ):
-        self.cov = check_spd("cov", cov)
+        self.cov = check_cov("cov", cov)
         self.mean = torch.as_tensor(mean, dtype=torch.float64)
         if self.mean.shape != self.cov.shape[:1]:
             raise ValueError(f"mean must have shape ({self.cov.shape[0]},) to match cov, got {tuple(self.mean.shape)}")

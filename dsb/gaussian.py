@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .core import check_int, check_spd, sqrtm_psd
+from .core import check_int, check_cov, relative_error, sqrtm_psd
 from .static import gaussian_sb_cross_cov
 from .reference import Schedule, reference_transition
 
@@ -38,13 +38,6 @@ def _as_f64(name: str, x, shape: tuple) -> Tensor:
     if not torch.isfinite(x).all(): raise ValueError(f"{name} has non-finite entries")
     return x
 
-def _check_cov(name: str, S: Tensor, definite: bool) -> None:
-    "Symmetric and PSD (PD if `definite`), batched; eigvalsh, because tiny multi-threaded Cholesky calls can be slow."
-    if (S - S.mT).abs().max() > 1e-10 * max(1., S.abs().max().item()): raise ValueError(f"{name} must be symmetric")
-    lam = torch.linalg.eigvalsh(S)[..., 0]
-    if (lam <= 0).any() if definite else (lam < -1e-12 * max(1., S.abs().max().item())).any():
-        raise ValueError(f"{name} must be positive {'definite' if definite else 'semi-definite'}")
-
 @dataclass
 class GaussianChain:
     "A path law: $x_0 \\sim N(m_0, S_0)$, $x_{k+1} = A_k x_k + b_k + N(0, Q_k)$ (float64, travel order)."
@@ -62,10 +55,10 @@ class GaussianChain:
         self.A = _as_f64("A", A, (n, d, d))
         self.b = _as_f64("b", self.b, (n, d))
         self.Q = _as_f64("Q", self.Q, (n, d, d))
-        _check_cov("Q", self.Q, definite=False)
+        check_cov("Q", self.Q, definite=False)
         self.mean0 = _as_f64("mean0", self.mean0, (d,))
         self.cov0 = _as_f64("cov0", self.cov0, (d, d))
-        _check_cov("cov0", self.cov0, definite=True)
+        check_cov("cov0", self.cov0)
 
     @property
     def num_steps(self) -> int: return self.A.shape[0]
@@ -149,14 +142,10 @@ def time_reversal(chain: GaussianChain) -> GaussianChain:
     return GaussianChain(A=A_bar.flip(0), b=b_bar.flip(0), Q=Q_bar.flip(0), mean0=means[-1], cov0=covs[-1])
 
 # %% ../nbs/04_gaussian.ipynb #baf9e688
-def _relative_error(C: Tensor, C_star: Tensor) -> Tensor:
-    "$\\|C - C^*\\|_F / \\|C^*\\|_F$ over the last two dimensions."
-    return torch.linalg.matrix_norm(C - C_star) / torch.linalg.matrix_norm(C_star)
-
 def _ipf_loop(reversal: Callable, schedule, mean0, cov0, mean_final, var_final, n_ipf) -> dict:
     n_ipf = check_int("n_ipf", n_ipf)
     if not isinstance(schedule, Schedule): schedule = Schedule(schedule)
-    cov0 = check_spd("cov0", cov0)
+    cov0 = check_cov("cov0", cov0)
     forward = reference_chain(schedule, mean0, cov0, mean_final, var_final)
     data_mean, d, var_final = forward.mean0, forward.dim, float(var_final)
     mu = torch.as_tensor(mean_final, dtype=torch.float64).expand(d)
@@ -171,10 +160,10 @@ def _ipf_loop(reversal: Callable, schedule, mean0, cov0, mean_final, var_final, 
         out["cross_cov_backward"].append(backward.coupling_cross_cov().T)  # as cov(x_0, x_N)
         means, covs = forward.marginals()
         out["terminal_mean_error"].append((means[-1] - mu).norm() / math.sqrt(d * var_final))
-        out["terminal_cov_error"].append(_relative_error(covs[-1], prior_cov))
+        out["terminal_cov_error"].append(relative_error(covs[-1], prior_cov))
     out = {k: torch.stack(val) for k, val in out.items()}
-    out.update(target=target, error=_relative_error(out["cross_cov"], target),
-               error_backward=_relative_error(out["cross_cov_backward"], target),
+    out.update(target=target, error=relative_error(out["cross_cov"], target),
+               error_backward=relative_error(out["cross_cov_backward"], target),
                a=a, v=v, forward=forward, backward=backward)
     return out
 

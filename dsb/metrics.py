@@ -11,12 +11,11 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .core import check_int, check_positive, sqrtm_psd
+from .core import check_int, check_positive, check_cov, relative_error, sqrtm_psd
 
 # %% auto #0
 __all__ = ['as_points', 'random_directions', 'w2_1d_squared', 'sliced_wasserstein', 'noise_floor', 'energy_distance',
-           'median_bandwidth', 'mmd_rbf', 'check_psd', 'gaussian_w2', 'bw2_uvp', 'gaussian_fit', 'coupling_moments',
-           'relative_error']
+           'median_bandwidth', 'mmd_rbf', 'gaussian_w2', 'bw2_uvp', 'gaussian_fit', 'coupling_moments']
 
 # %% ../nbs/08_metrics.ipynb #d77a0575
 def as_points(name: str, x, min_rows: int = 1) -> Tensor:
@@ -133,19 +132,9 @@ def mmd_rbf(x: Tensor, # (n, ...) samples, n >= 2
     return (kxx + kyy - 2 * kxy).item()
 
 # %% ../nbs/08_metrics.ipynb #06eb0b42
-def check_psd(name: str, cov, tol: float = 1e-10) -> Tensor:
-    "Return `cov` (float64) after checking it is a finite, square, symmetric positive semi-definite matrix."
-    cov = torch.as_tensor(cov, dtype=torch.float64)
-    if cov.ndim != 2 or cov.shape[0] != cov.shape[1]: raise ValueError(f"{name} must be a square matrix, got shape {tuple(cov.shape)}")
-    if not torch.isfinite(cov).all(): raise ValueError(f"{name} has non-finite entries")
-    scale = max(1., cov.abs().max().item())
-    if (cov - cov.T).abs().max() > tol * scale: raise ValueError(f"{name} must be symmetric")
-    if torch.linalg.eigvalsh(cov).min() < -1e-8 * scale: raise ValueError(f"{name} must be positive semi-definite")
-    return cov
-
 def _gaussian_args(m1, S1, m2, S2) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     m1, m2 = torch.as_tensor(m1, dtype=torch.float64).reshape(-1), torch.as_tensor(m2, dtype=torch.float64).reshape(-1)
-    S1, S2 = check_psd("S1", S1), check_psd("S2", S2)
+    S1, S2 = check_cov("S1", S1, definite=False), check_cov("S2", S2, definite=False)
     if not (m1.shape[0] == m2.shape[0] == S1.shape[0] == S2.shape[0]):
         raise ValueError(f"dimensions differ: m1 {tuple(m1.shape)}, S1 {tuple(S1.shape)}, m2 {tuple(m2.shape)}, S2 {tuple(S2.shape)}")
     return m1, S1, m2, S2
@@ -186,13 +175,3 @@ def coupling_moments(x0: Tensor, # (n, ...) start states of n chains
     if x0.shape[0] != xN.shape[0]: raise ValueError(f"x0 and xN must hold the same chains (rows), got {x0.shape[0]} and {xN.shape[0]}")
     xN = xN.to(x0.device)
     return (x0 - x0.mean(0)).T @ (xN - xN.mean(0)) / (x0.shape[0] - 1)
-
-def relative_error(A: Tensor, # estimate
-                   B: Tensor, # reference, not all zero
-                  ) -> float:
-    "Relative Frobenius error $\\|A - B\\|_F / \\|B\\|_F$."
-    A, B = torch.as_tensor(A, dtype=torch.float64), torch.as_tensor(B, dtype=torch.float64)
-    if A.shape != B.shape: raise ValueError(f"A and B must have the same shape, got {tuple(A.shape)} and {tuple(B.shape)}")
-    norm_b = torch.linalg.norm(B.reshape(-1))
-    if norm_b == 0: raise ValueError("B must not be zero (relative error undefined)")
-    return (torch.linalg.norm((A - B.to(A.device)).reshape(-1)) / norm_b).item()

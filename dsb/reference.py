@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .core import append_dims, check_int, check_positive, check_spd
+from .core import append_dims, check_int, check_positive, check_cov
 
 # %% auto #0
 __all__ = ['SPACES', 'gamma_schedule', 'Schedule', 'sample_chain', 'sample_path', 'ReferenceMean', 'reference_transition',
@@ -162,7 +162,7 @@ def reference_moments(schedule: Schedule, # or a (N,) tensor of step sizes
     "Exact marginal means and covariances of the reference chain from $x_0 \\sim N(m_0, \\Sigma_0)$ (affine-Gaussian recursion)."
     g = _gammas_of(schedule)
     alphas = 1 - g / _check_var_final(var_final, g)
-    cov = check_spd("cov0", cov0)
+    cov = check_cov("cov0", cov0)
     m = torch.as_tensor(mean0, dtype=torch.float64).reshape(-1)
     if m.shape[0] != cov.shape[0]: raise ValueError(f"mean0 has {m.shape[0]} entries but cov0 is {tuple(cov.shape)}")
     mu = torch.as_tensor(mean_final, dtype=torch.float64)

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .core import append_dims, check_positive, check_spd, mean_except_batch
+from .core import append_dims, check_positive, check_cov, mean_except_batch
 
 # %% auto #0
 __all__ = ['gaussian_backward_kernel', 'mean_matching_target', 'score_matching_target', 'mean_matching_loss']
@@ -30,12 +30,12 @@ def gaussian_backward_kernel(mean_k: Tensor, # (d,) mean of x_k
                              noise_cov: Tensor, # (d, d) (or scalar) covariance of the forward noise
                             ) -> tuple[Tensor, Tensor, Tensor]: # A_rev (d, d), b_rev (d,), cov_rev (d, d)
     "Exact $x_k | x_{k+1} \\sim N(A_{rev} x_{k+1} + b_{rev}, \\Sigma_{rev})$ by Gaussian conditioning (Bayes' rule for a linear-Gaussian step)."
-    cov_k = check_spd("cov_k", cov_k)
+    cov_k = check_cov("cov_k", cov_k)
     d = cov_k.shape[0]
     mean_k = torch.as_tensor(mean_k, dtype=torch.float64).reshape(-1)
     if mean_k.shape != (d,): raise ValueError(f"mean_k must have {d} entries to match cov_k, got {tuple(mean_k.shape)}")
     A = _as_matrix("A", A, d)
-    noise_cov = check_spd("noise_cov", _as_matrix("noise_cov", noise_cov, d))
+    noise_cov = check_cov("noise_cov", _as_matrix("noise_cov", noise_cov, d))
     b = torch.as_tensor(b, dtype=torch.float64).expand(d)
     cov_next = A @ cov_k @ A.T + noise_cov
     A_rev = torch.linalg.solve(cov_next, A @ cov_k).T     # Sigma A^T Sigma'^{-1} (Sigma' symmetric)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .core import check_int, check_positive, check_spd, sqrtm_psd
+from .core import check_int, check_positive, check_cov, sqrtm_psd
 
 # %% auto #0
 __all__ = ['SinkhornResult', 'sinkhorn_log', 'gaussian_sb_cross_cov', 'gaussian_sb_joint', 'sample_reference_bridge']
@@ -71,7 +71,7 @@ def sinkhorn_log(
 
 # %% ../nbs/01_static.ipynb #90f764be
 def _check_gaussian_sb_args(cov0, cov1, a, v):
-    cov0, cov1 = check_spd("cov0", cov0), check_spd("cov1", cov1)
+    cov0, cov1 = check_cov("cov0", cov0), check_cov("cov1", cov1)
     if cov0.shape != cov1.shape: raise ValueError(f"cov0 and cov1 must have the same shape, got {tuple(cov0.shape)} and {tuple(cov1.shape)}")
     return cov0, cov1, _check_scalar("a", a), _check_scalar("v", v)
 

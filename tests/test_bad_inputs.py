@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dsb.core import check_spd
+from dsb.core import check_cov
 from dsb.static import sinkhorn_log, gaussian_sb_cross_cov, gaussian_sb_joint
 from dsb.reference import gamma_schedule, Schedule, ReferenceMean, reference_transition, reference_moments
 from dsb.reversal import gaussian_backward_kernel
@@ -74,5 +74,5 @@ def test_gaussian_sb_rejects_non_pd_and_bad_reference():
 def test_backward_kernel_rejects_non_pd():
     with pytest.raises(ValueError): gaussian_backward_kernel(torch.zeros(2, **f64), NOT_PD, EYE2, torch.zeros(2, **f64), EYE2)
 
-def test_check_spd_names_argument():
-    with pytest.raises(ValueError, match="my_cov must be positive definite"): check_spd("my_cov", NOT_PD)
+def test_check_cov_names_argument():
+    with pytest.raises(ValueError, match="my_cov must be positive definite"): check_cov("my_cov", NOT_PD)
