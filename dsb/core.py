@@ -20,7 +20,7 @@ from torch import Tensor
 # %% auto #0
 __all__ = ['get_device', 'seed_everything', 'derive_seed', 'tune_malloc', 'DevicePolicy', 'device_policy', 'append_dims',
            'sum_except_batch', 'mean_except_batch', 'check_positive', 'check_int', 'check_cov', 'sqrtm_psd',
-           'relative_error', 'NoSpaceError', 'atomic_write', 'close_matches', 'Registry']
+           'relative_error', 'NoSpaceError', 'atomic_write', 'close_matches', 'check_one_of', 'Registry']
 
 # %% ../nbs/00_core.ipynb #74beb03c
 def get_device(device: str = "auto") -> torch.device:
@@ -173,6 +173,7 @@ class NoSpaceError(OSError):
 
 def atomic_write(path, # the file to (re)place
                  data, # bytes-like or str (written as UTF-8)
+                 keep: Path = None, # if given, the file `path` replaces is kept under this name (a backup)
                 ) -> Path:
     "Write `data` to `path` atomically (temporary file, fsync, `os.replace`); on any failure `path` is untouched and no temporary file is left."
     path = Path(path); tmp = path.with_name(path.name + ".tmp")
@@ -185,6 +186,7 @@ def atomic_write(path, # the file to (re)place
     if free < size + (1 << 20): raise no_space(free)
     try:
         with open(tmp, "wb") as f: f.write(data); f.flush(); os.fsync(f.fileno())
+        if keep is not None and path.exists(): os.replace(path, keep)
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
@@ -198,6 +200,12 @@ def close_matches(name: str, options) -> str:
     m = difflib.get_close_matches(str(name), [str(o) for o in options], n=3, cutoff=0.6)
     return f" (did you mean {' or '.join(map(repr, m))}?)" if m else ""
 
+def check_one_of(name: str, value, allowed) -> None:
+    "Raise `ValueError` naming `name` unless `value` is in `allowed`, listing them (closest first)."
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed{close_matches(value, allowed)}; choose one of {', '.join(map(repr, allowed))}")
+
 class Registry:
     "Named entries of one kind (data sets, models, solvers): `@REG.register(name)` adds one, `REG[name]` looks it up."
     def __init__(self, kind: str): self.kind, self.entries = kind, {}
@@ -206,8 +214,7 @@ class Registry:
         def deco(obj): self.entries[name] = obj; return obj
         return deco
     def __getitem__(self, name):
-        if name not in self.entries:
-            raise ValueError(f"unknown {self.kind} {name!r}{close_matches(name, self.entries)}; registered: {', '.join(map(repr, self.entries))}")
+        check_one_of(self.kind, name, self.entries)
         return self.entries[name]
     def __contains__(self, name): return name in self.entries
     def __iter__(self): return iter(self.entries)

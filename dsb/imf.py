@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .core import check_int, check_positive, check_spd
+from .core import check_int, check_positive, check_cov
 from .static import gaussian_sb_cross_cov
 
 # %% auto #0
@@ -124,9 +124,9 @@ class GaussianCoupling:
     cross: Tensor # (d, d) cov(x_0, x_T); the joint covariance must be PSD
 
     def __post_init__(self):
-        self.cov0 = check_spd("cov0", self.cov0)
+        self.cov0 = check_cov("cov0", self.cov0)
         d = self.cov0.shape[0]
-        self.cov1 = _as_f64("cov1", self.cov1, (d, d)); check_spd("cov1", self.cov1)
+        self.cov1 = _as_f64("cov1", self.cov1, (d, d)); check_cov("cov1", self.cov1)
         self.mean0, self.mean1 = _as_f64("mean0", self.mean0, (d,)), _as_f64("mean1", self.mean1, (d,))
         self.cross = _as_f64("cross", self.cross, (d, d))
         J = self.joint()[1]
@@ -139,7 +139,7 @@ class GaussianCoupling:
     @classmethod
     def independent(cls, mean0, cov0, mean1, cov1) -> GaussianCoupling:
         "The product coupling $\\mu \\otimes \\nu$ ($C = 0$)."
-        cov0 = check_spd("cov0", cov0)
+        cov0 = check_cov("cov0", cov0)
         return cls(mean0, cov0, mean1, cov1, torch.zeros_like(cov0))
 
     def swap(self) -> GaussianCoupling:
@@ -215,7 +215,7 @@ def linear_sde_moments(drift, # drift(t: (n,) tensor) -> (K (n, d, d), c (n, d))
     "Moments of $dX = (K_t X + c_t)dt + \\sigma dW$: $\\dot S = KS + SK^T + \\sigma^2 I$ linearised as $S = XY^{-1}$, 4th-order Magnus at Gauss nodes."
     T, n = _scalar("T", T), check_int("n_steps", n_steps)
     sigma = _scalar("sigma", sigma, allow_zero=True)
-    cov0 = check_spd("cov0", cov0)
+    cov0 = check_cov("cov0", cov0)
     d = cov0.shape[0]
     mean0 = _as_f64("mean0", mean0, (d,))
     with _one_thread(): return _magnus_moments(drift, T, n, mean0, cov0, sigma)

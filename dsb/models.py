@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core import check_int, check_positive
+from .core import Registry, check_int, check_positive
 
 # %% auto #0
-__all__ = ['timestep_embedding', 'MLP', 'ResidualMean']
+__all__ = ['MODELS', 'timestep_embedding', 'MLP', 'ResidualMean', 'mlp', 'make_model']
 
 # %% ../nbs/05_models.ipynb #49a49fab
 def _frequencies(dim: int, max_period: float) -> Tensor:
@@ -110,3 +110,24 @@ class ResidualMean(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return x + self.net(x, t)
+
+# %% ../nbs/05_models.ipynb #e43db97d
+MODELS = Registry("model")
+
+@MODELS.register("mlp")
+def mlp(cfg, # a run config (only the fields this model reads)
+        shape: tuple, # shape of one sample; the MLP takes points (d,)
+        zero_init_last: bool = False, # zero its last layer (the drift parametrisation starts at the identity)
+       ) -> nn.Module:
+    "The paper's 2d `MLP` for points of shape `(d,)`."
+    if len(shape) != 1:
+        raise ValueError(f"parameter model='mlp' takes points of shape (d,), but this data set's samples have shape {tuple(shape)}; "
+                         f"choose a model registered for that shape")
+    return MLP(x_dim=shape[0], zero_init_last=zero_init_last)
+
+def make_model(cfg, # needs `cfg.model` and `cfg.mean_match`
+               shape: tuple, # shape of one sample
+              ) -> nn.Module:
+    "The mean function `mean_fn(x, t)` of one direction: `MODELS[cfg.model]`, wrapped in `ResidualMean` unless `cfg.mean_match`."
+    net = MODELS[cfg.model](cfg, tuple(shape), zero_init_last=not cfg.mean_match)
+    return net if cfg.mean_match else ResidualMean(net)

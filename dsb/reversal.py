@@ -48,9 +48,11 @@ def mean_matching_target(mean_fn: Callable, # the mean function of the chain tha
                          x: Tensor, # (B, ...) states at the start of the step (x_k going forward)
                          x_next: Tensor, # (B, ...) states after the step (x_{k+1})
                          t: Tensor, # time of the step's input state, (B,) or 0-dim
+                         mean: Tensor = None, # F_k(x_k) if the caller has it already (a sampler just computed it)
                         ) -> Tensor: # (B, ...) regression target for the reverse mean function at x_next
-    "DSB mean-matching target $x_{k+1} + F_k(x_k) - F_k(x_{k+1})$ (De Bortoli et al. 2021, Prop. 3)."
-    return x_next + mean_fn(x, t) - mean_fn(x_next, t)
+    "DSB mean-matching target $x_{k+1} + F_k(x_k) - F_k(x_{k+1})$ (De Bortoli et al. 2021, Prop. 3), in the dtype of `x_next`."
+    if mean is None: mean = mean_fn(x, t)
+    return x_next + mean.to(x_next.dtype) - mean_fn(x_next, t).to(x_next.dtype)
 
 def score_matching_target(mean_fn: Callable, # the mean function that produced the pairs, mean_fn(x, t)
                           x: Tensor, # (B, ...) states at the start of the step

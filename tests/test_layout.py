@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULES = sorted(p.stem for p in (ROOT / "dsb").glob("*.py") if not p.stem.startswith("_"))
 
 def test_modules_found():
-    assert {"core", "static", "reference", "reversal", "gaussian", "models", "data", "ipf", "metrics", "plots", "run"} <= set(MODULES)
+    assert {"core", "static", "reference", "reversal", "gaussian", "models", "data", "trainer", "ipf", "imf", "checkpoint",
+            "metrics", "plots", "config", "run"} <= set(MODULES)
 
 @pytest.mark.parametrize("name", MODULES)
 def test_module_imports(name):
@@ -36,14 +37,14 @@ def _parameters_cell(path):
     return "".join(tagged[0]["source"])
 
 def test_train_parameters_mirror_config():
-    "Same names, same order, same defaults as `DSBConfig`; papermill sees them."
+    "Same names, same order, same defaults as `Config`; papermill sees them."
     import papermill as pm
-    from dsb.run import DSBConfig
+    from dsb.config import Config
     src = _parameters_cell(ROOT / "nbs" / "train.ipynb")
     assigned = [(n.targets[0].id, ast.literal_eval(n.value)) for n in ast.parse(src).body]
-    expected = [(f.name, f.default) for f in fields(DSBConfig)]
+    expected = [(f.name, f.default) for f in fields(Config)]
     assert assigned == expected
-    assert list(pm.inspect_notebook(str(ROOT / "nbs" / "train.ipynb"))) == [f.name for f in fields(DSBConfig)]
+    assert list(pm.inspect_notebook(str(ROOT / "nbs" / "train.ipynb"))) == [f.name for f in fields(Config)]
     for line in src.splitlines(): assert "#" in line, f"parameter without a comment: {line}"
 
 def test_settings_keep_cell_tags():
