@@ -49,3 +49,57 @@ def test_train_parameters_mirror_config():
 
 def test_settings_keep_cell_tags():
     assert re.search(r"allowed_cell_metadata_keys\s*=\s*tags", (ROOT / "settings.ini").read_text())
+
+def _executor():
+    "The module `.ci/execute_notebooks.py` (not a package: loaded from its file)."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("execute_notebooks", ROOT / ".ci" / "execute_notebooks.py")
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+def test_check_flags_code_changes_not_prose(tmp_path):
+    "`--check` fails on a notebook whose code changed after its outputs were made; a markdown edit is no change."
+    ex = _executor()
+    nb = json.loads((ROOT / "nbs" / "00_core.ipynb").read_text())
+    nb["metadata"].pop("dsb", None)
+    path = tmp_path / "00_core.ipynb"
+    def problems():
+        path.write_text(json.dumps(nb))
+        return ex.check([path])
+    assert "never executed" in problems()[0]
+    ex.stamp(nb)
+    assert problems() == [] and ex.main(["--check", str(path)]) == 0
+    md = next(c for c in nb["cells"] if c["cell_type"] == "markdown")
+    md["source"] = ["Prose, rewritten.\n"]
+    assert problems() == [], "a markdown edit must not make a notebook stale"
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"][-1]
+    code["source"] = "".join(code["source"]) + "  \n\n"
+    assert problems() == [], "trailing whitespace is not a code change"
+    code["source"] += "x = 1\n"
+    (msg,) = problems()
+    assert "stale" in msg and "python .ci/execute_notebooks.py nbs/00_core.ipynb" in msg
+    assert ex.main(["--check", str(path)]) == 1
+
+def test_check_flags_widget_state(tmp_path):
+    ex = _executor()
+    nb = json.loads((ROOT / "nbs" / "00_core.ipynb").read_text())
+    ex.stamp(nb)
+    nb["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    (path := tmp_path / "00_core.ipynb").write_text(json.dumps(nb))
+    (msg,) = ex.check([path])
+    assert "widget state" in msg
+
+def test_nbdev_clean_keeps_outputs_and_stamp():
+    "With settings.ini as committed, nbdev_clean keeps cell outputs and the notebook-level `dsb` stamp."
+    import configparser
+    from nbdev.clean import clean_nb
+    cfg = configparser.ConfigParser(); cfg.read(ROOT / "settings.ini"); cfg = cfg["DEFAULT"]
+    ex = _executor()
+    nb = json.loads((ROOT / "nbs" / "00_core.ipynb").read_text())
+    ex.stamp(nb)
+    code = next(c for c in nb["cells"] if c["cell_type"] == "code")
+    code["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["hi\n"]}]
+    clean_nb(nb, cfg.getboolean("clear_all"), cfg["allowed_metadata_keys"].split(),
+             cfg["allowed_cell_metadata_keys"].split(), cfg.getboolean("clean_ids"))
+    assert nb["metadata"]["dsb"]["source_hash"] == ex.source_hash(nb)
+    assert code["outputs"][0]["text"] == ["hi\n"]
