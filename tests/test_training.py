@@ -160,3 +160,18 @@ def test_gaussian_run_reports_the_coupling_error(tmp_path):
     assert len(errors) == 3 and errors[-1] == s["cross_cov_error"]
     assert errors[-1] < 0.25 and errors[-1] < errors[0]   # a short run; bench/bench.py gaussian runs the real check
     assert (Path(s["run_dir"]) / "samples_ipf03.png").exists()
+
+
+def test_options_change_what_is_trained(tmp_path):
+    "time_sampling='inverse_gamma' and mean_match=True each change the run (warm_start=False is checked in 10_ipf)."
+    from dsb.run import run
+    kw = dict(n_ipf=1, num_iter=100, cache_refresh=50, cache_npar=300, batch_size=64, eval_npar=300, progress=False, plots=False,
+              gamma_min=0.005, gamma_max=0.05, out_dir=str(tmp_path))
+    def losses(s): return [json.loads(l)["loss"] for l in (Path(s["run_dir"]) / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+    base = run(**kw)
+    inverse = run(**kw, time_sampling="inverse_gamma")
+    mean = run(**kw, mean_match=True)
+    assert losses(inverse) != losses(base) and losses(mean) != losses(base)
+    assert all(s["sw2_data"] == s["sw2_data"] for s in (inverse, mean))   # finite metrics
+    # inverse_gamma draws small steps more often: their targets are less noisy, so the batch loss is lower
+    assert sum(losses(inverse)) < sum(losses(base))
