@@ -15,18 +15,23 @@ from .core import atomic_write, NoSpaceError
 from .trainer import Callback
 
 # %% auto #0
-__all__ = ['CHECKPOINT', 'BACKUP', 'UNREADABLE', 'save_checkpoint', 'load_checkpoint', 'Checkpointer']
+__all__ = ['CHECKPOINT', 'BACKUP', 'STAGE', 'UNREADABLE', 'NONFINITE', 'save_checkpoint', 'load_checkpoint', 'set_aside_stage',
+           'Checkpointer']
 
 # %% ../nbs/12_checkpoint.ipynb #0eba5f63
-CHECKPOINT, BACKUP, UNREADABLE = "checkpoint.pt", "checkpoint_prev.pt", "checkpoint_unreadable.pt"
+CHECKPOINT, BACKUP, STAGE = "checkpoint.pt", "checkpoint_prev.pt", "checkpoint_stage.pt"
+UNREADABLE, NONFINITE = "checkpoint_unreadable.pt", "checkpoint_nonfinite.pt"
 
 def save_checkpoint(run_dir, # the run's folder
                     state: dict, # a weights_only-safe dict (tensors, numbers, strings, lists, dicts)
+                    stage_start: bool = False, # also keep it as `checkpoint_stage.pt`, the start of the stage it begins
                    ) -> Path:
     "Write `state` to `run_dir/checkpoint.pt` atomically; the checkpoint it replaces becomes `checkpoint_prev.pt`."
     buf = io.BytesIO(); torch.save(state, buf)
     run_dir = Path(run_dir)
-    return atomic_write(run_dir / CHECKPOINT, buf.getbuffer(), keep=run_dir / BACKUP)
+    path = atomic_write(run_dir / CHECKPOINT, buf.getbuffer(), keep=run_dir / BACKUP)
+    if stage_start: atomic_write(run_dir / STAGE, buf.getbuffer())
+    return path
 
 def _short(e: Exception) -> str:
     "The first line of an exception, without PyTorch's advice to retry unsafely (`weights_only=False`)."
@@ -40,7 +45,7 @@ def load_checkpoint(run_dir, # the run's folder
                    ) -> dict | None: # the newest readable checkpoint, or None if the run has none yet
     "Load the newest readable checkpoint of `run_dir` (weights only); fall back to the backup with a notice; raise if none loads."
     run_dir, errors = Path(run_dir), []
-    for name in (CHECKPOINT, BACKUP):
+    for name in (CHECKPOINT, BACKUP, STAGE):
         p = run_dir / name
         if not p.exists(): continue
         try: state = torch.load(p, map_location=map_location, weights_only=True)
@@ -57,15 +62,24 @@ def load_checkpoint(run_dir, # the run's folder
                            + "\nStart a fresh run (without resume), or restore a copy of the run folder.")
     return None
 
+# %% ../nbs/12_checkpoint.ipynb #9c800597
+def set_aside_stage(run_dir) -> str:
+    "After a non-finite loss: move the checkpoints written since the current stage began aside; say where a resume restarts."
+    run_dir = Path(run_dir)
+    stage = torch.load(run_dir / STAGE, weights_only=True)["position"] if (run_dir / STAGE).exists() else None
+    for name, aside in ((CHECKPOINT, NONFINITE), (BACKUP, "checkpoint_prev_nonfinite.pt")):
+        if (run_dir / name).exists(): (run_dir / name).replace(run_dir / aside)
+    return f"the start of the stage at position {tuple(stage)}" if stage else "the beginning of the run"
+
 # %% ../nbs/12_checkpoint.ipynb #933017a8
 class Checkpointer(Callback):
     "Save the trainer's state (and `extra`) atomically every `every` steps at block boundaries and after every stage."
     order = 100
     def __init__(self, run_dir, every: int = 1000, extra: dict = None):
         self.run_dir, self.every, self.extra, self.last = Path(run_dir), every, extra or {}, None
-    def save(self, tr):
+    def save(self, tr, stage_start: bool = False):
         if self.last == tr.position: return
-        try: save_checkpoint(self.run_dir, {**tr.state_dict(), **self.extra})
+        try: save_checkpoint(self.run_dir, {**tr.state_dict(), **self.extra}, stage_start)
         except NoSpaceError as e:
             good = (f"the last good checkpoint is {self.run_dir / CHECKPOINT} at position {self.last}"
                     if self.last is not None else "no checkpoint was written yet")
@@ -75,4 +89,4 @@ class Checkpointer(Callback):
         if tr.position != (0, 0, 0): self.last = tr.position  # resumed: that state is on disk already
     def before_block(self, tr):
         if tr.step > 0 and tr.step % self.every < tr.block: self.save(tr)
-    def after_stage(self, tr): self.save(tr)
+    def after_stage(self, tr): self.save(tr, stage_start=True)

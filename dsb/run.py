@@ -17,15 +17,15 @@ from .core import derive_seed, device_policy, atomic_write
 from .reference import reference_transition
 from .data import DataSpec, make_data
 from .trainer import SOLVERS, Trainer, Callback, EMA, Progress, LossLogger, NonFiniteLossError
-from .checkpoint import Checkpointer, load_checkpoint, CHECKPOINT, BACKUP
+from .checkpoint import Checkpointer, load_checkpoint, set_aside_stage
 from .config import Config, make_config, resume_config, import_plugins, check_names
 from .metrics import sliced_wasserstein, coupling_moments
 from .core import relative_error
-from .plots import plot_samples, save_gif
+from .plots import plot_samples, save_gif, image_grid, make_image_grid
 
 # %% auto #0
-__all__ = ['PLOTS', 'build_trainer', 'Evaluate', 'plot_points', 'gif_points', 'SavePlots', 'new_run_dir', 'write_config', 'run',
-           'load_run']
+__all__ = ['PLOTS', 'build_trainer', 'Evaluate', 'plot_points', 'gif_points', 'plot_images', 'gif_images', 'SavePlots',
+           'new_run_dir', 'write_config', 'run', 'load_run']
 
 # %% ../nbs/18_run.ipynb #5564b2ba
 def build_trainer(cfg: Config, # a validated config
@@ -82,14 +82,31 @@ def gif_points(path: torch.Tensor, run_dir: Path, ev: Evaluate):
     "A GIF of chain states `path` (N+1, B, d) against held-out data (first two coordinates)."
     save_gif(path[..., :2].cpu(), run_dir / "bridge.gif", ref=ev.data_heldout[:path.shape[1], :2].cpu())
 
-PLOTS = {"points": (plot_points, gif_points)}   # data kind -> (per-iteration figure, final animation)
+def plot_images(run_dir: Path, ev: Evaluate, iteration: int):
+    "Grids of 64 generated and 64 held-out images."
+    import matplotlib.pyplot as plt
+    fig, axs = plt.subplots(1, 2, figsize=(7, 3.6), dpi=80)
+    image_grid(ev.generated[:64].cpu(), ax=axs[0], title=f"IPF {iteration}: generated (SW2 {ev.last['sw2_data']:.3f})")
+    image_grid(ev.data_heldout[:64].cpu(), ax=axs[1], title="data")
+    fig.tight_layout(); fig.savefig(run_dir / f"samples_ipf{iteration:02d}.png"); plt.close(fig)
+
+def gif_images(path: torch.Tensor, run_dir: Path, ev: Evaluate):
+    "A GIF of the denoising chain: one grid of images per chain step `path` (N+1, B, C, H, W)."
+    from PIL import Image
+    frames = [Image.fromarray((255 * make_image_grid(x.cpu(), nrow=8)).round().astype("uint8").squeeze()) for x in path]
+    scale = max(1, 256 // frames[0].width)
+    frames = [f.resize((f.width * scale, f.height * scale), Image.NEAREST) for f in frames]
+    frames += [frames[-1]] * 10                       # hold the last frame
+    frames[0].save(run_dir / "bridge.gif", save_all=True, append_images=frames[1:], duration=120, loop=0)
+
+PLOTS = {"points": (plot_points, gif_points, 600), "images": (plot_images, gif_images, 64)}   # kind -> (figure, animation, samples in it)
 
 class SavePlots(Callback):
     "A figure per IPF iteration and an animation of the final bridge, drawn as the data's kind wants."
     order = 60
-    def __init__(self, run_dir, evaluate: Evaluate, n_gif: int = 600):
-        self.run_dir, self.evaluate, self.n_gif = Path(run_dir), evaluate, n_gif
-        self.figure, self.animation = PLOTS[evaluate.data.kind]
+    def __init__(self, run_dir, evaluate: Evaluate):
+        self.run_dir, self.evaluate = Path(run_dir), evaluate
+        self.figure, self.animation, self.n_gif = PLOTS[evaluate.data.kind]
     def after_iteration(self, tr): self.figure(self.run_dir, self.evaluate, tr.iteration + 1)
     @torch.no_grad()
     def after_fit(self, tr):
@@ -136,11 +153,13 @@ def _load_into(trainer: Trainer, state: dict, run_dir: Path) -> None:
 
 # %% ../nbs/18_run.ipynb #ea2748c2
 def _nan_advice(e: Exception, run_dir: Path, cfg: Config) -> NonFiniteLossError:
-    state = "its last checkpoint" if (run_dir / CHECKPOINT).exists() or (run_dir / BACKUP).exists() else "its start (no checkpoint was written yet)"
+    restart = set_aside_stage(run_dir)
+    lr = min(cfg.lr / 10, 1e-3)
     return NonFiniteLossError(
-        f"{e}.\nRun directory: {run_dir}. To continue from {state} with a smaller learning rate and gradient clipping:\n"
-        f"  papermill nbs/train.ipynb out.ipynb -p resume {run_dir} -p lr {cfg.lr / 10:g} -p grad_clip 1.0\n"
-        f"  (or run(resume='{run_dir}', lr={cfg.lr / 10:g}, grad_clip=1.0)); smaller gammas need a new run.")
+        f"{e}.\nRun directory: {run_dir}. The checkpoints written since this stage began may hold damaged weights: they were "
+        f"kept as checkpoint_nonfinite.pt, and a resume restarts from {restart}. With a smaller learning rate and gradient clipping:\n"
+        f"  papermill nbs/train.ipynb out.ipynb -p resume {run_dir} -p lr {lr:g} -p grad_clip 1.0\n"
+        f"  (or run(resume='{run_dir}', lr={lr:g}, grad_clip=1.0)); smaller gammas need a new run.")
 
 def run(config: Config = None, **params) -> dict:
     "Train a bridge as configured (or resume one) in its own run directory; return the final metrics."

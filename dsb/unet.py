@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .core import check_int
-from .models import timestep_embedding
+from .models import MODELS, timestep_embedding
 
 # %% auto #0
 __all__ = ['UNET_CONFIGS', 'group_norm', 'ResBlock', 'AttentionBlock', 'Downsample', 'Upsample', 'TimestepSequential', 'UNet',
-           'unet_for']
+           'unet_for', 'parse_resolutions', 'unet']
 
 # %% ../nbs/06_unet.ipynb #7e6bdafb
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
@@ -200,3 +200,27 @@ def unet_for(
                          f"{', '.join(map(str, sorted(UNET_CONFIGS)))}; pass channel_mult=... to build one")
     config = {**UNET_CONFIGS.get(image_size, UNET_CONFIGS[32]), **overrides}  # an unconfigured size starts from the 32 px one
     return UNet(image_size, in_channels=channels, **config)
+
+# %% ../nbs/06_unet.ipynb #070da3f2
+def parse_resolutions(text: str) -> tuple:
+    "'16,8' -> (16, 8); '' -> () ; anything else is an error naming `attention_resolutions`."
+    try: return tuple(int(p) for p in str(text).replace(" ", "").split(",") if p)
+    except ValueError: raise ValueError(f"parameter attention_resolutions={text!r} must be pixel sizes separated by commas, e.g. '16,8'") from None
+
+@MODELS.register("unet")
+def unet(cfg, # a run config: reads `attention_resolutions` if it has one
+         shape: tuple, # (C, H, W) of one image
+         zero_init_last: bool = True, # the UNet's output convolution always starts at zero
+        ) -> UNet:
+    "The paper's UNet for images of shape `(C, H, W)`: `unet_for(H, C)`, attention overridden by `cfg.attention_resolutions`."
+    if len(shape) != 3 or shape[1] != shape[2]:
+        raise ValueError(f"parameter model='unet' takes square images of shape (C, H, W), but this data set's samples have shape "
+                         f"{tuple(shape)}; use model='mlp' for points")
+    C, H, _ = shape
+    overrides = {}
+    text = getattr(cfg, "attention_resolutions", "")
+    if text: overrides["attention_resolutions"] = parse_resolutions(text)
+    try: return unet_for(H, C, **overrides)
+    except ValueError as e:
+        name = "attention_resolutions" if "attention_resolutions" in str(e) else "image_size"
+        raise ValueError(f"parameter {name}: {e}") from None

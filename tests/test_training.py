@@ -92,21 +92,21 @@ def test_sigkill_and_resume_gives_the_same_metrics(tmp_path):
     assert log("killed") == log("full")
 
 
-def test_nan_loss_stops_with_position_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+def test_nan_loss_stops_with_position_and_restarts_its_stage(tmp_path, monkeypatch):
     import dsb.ipf
     from dsb.run import run
     real = dsb.ipf.build_cache
     calls = []
     def poisoned(*a, **k):
         cache = real(*a, **k); calls.append(1)
-        if len(calls) == 3: cache.target.fill_(float("nan"))   # third cache: IPF 0, backward net, step 100
+        if len(calls) == 9: cache.target.fill_(float("nan"))   # ninth cache: IPF 0, the forward network (stage 1), step 100
         return cache
     monkeypatch.setattr(dsb.ipf, "build_cache", poisoned)
-    with pytest.raises(FloatingPointError, match="at iteration 0, training the backward network, step 100") as e:
+    with pytest.raises(FloatingPointError, match="at iteration 0, training the forward network, step 100") as e:
         run(**TINY, out_dir=str(tmp_path), run_name="nan")
-    assert "continue from its last checkpoint" in str(e.value) and "-p lr 0.0001 -p grad_clip 1.0" in str(e.value)
-    pos = _position(tmp_path / "nan" / "checkpoint.pt")
-    assert pos == (0, 0, 100)
+    assert "a resume restarts from the start of the stage at position (0, 1, 0)" in str(e.value)
+    assert "-p lr 0.0001 -p grad_clip 1.0" in str(e.value)
+    assert _position(tmp_path / "nan" / "checkpoint_nonfinite.pt") == (0, 1, 100)     # kept, not deleted
     monkeypatch.setattr(dsb.ipf, "build_cache", real)
     resumed = run(resume=str(tmp_path / "nan"), lr=1e-4, grad_clip=1.0)     # the advice, followed: the changes apply
     assert resumed["steps"] == 2 * 2 * 300
