@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from dataclasses import dataclass, asdict, fields
+from dataclasses import dataclass, asdict, fields, replace
 from pathlib import Path
 
 from .core import get_device, check_int, check_positive, check_one_of, close_matches
@@ -16,6 +16,7 @@ from .models import MODELS
 from .data import DATASETS
 from .trainer import SOLVERS
 from .ipf import STEP_WEIGHTS
+import dsb.unet, dsb.images   # their registrations: the 'unet' model and the image data sets
 
 # %% auto #0
 __all__ = ['RESUMABLE', 'Config', 'check_names', 'import_plugins', 'make_config', 'notebook_params', 'resume_config']
@@ -29,10 +30,15 @@ class Config:
     transfer: bool = False         # True: bridge `data` to `data_transfer` instead of to the Gaussian prior
     data_transfer: str = "circle"  # the other end in transfer mode (a 2d data set)
     data_dim: int = 5              # dimension of the 'gaussian' data set
+    data_dir: str = "data"         # image sets: the folder `python -m dsb.images download NAME --data-dir DIR` filled; 'folder': your pictures
+    image_size: int = 0            # side of 'celeba' / 'folder' pictures (0: the data set's own: 64 / 32)
+    max_images: int = 0            # keep only the first max_images pictures of an image set (0: all)
+    random_flip: bool = False      # random horizontal flips of image data (on for 'celeba')
     mean_final: float = 0.0        # mean of the prior N(mean_final, var_final I), also the reference's target
     var_final: float = 1.0         # variance of the prior
     model: str = "mlp"             # network, a name in dsb.models.MODELS: 'mlp' (the paper's 2d model)
     mean_match: bool = False       # True: the network outputs the mean; False: it outputs the drift, added to x
+    attention_resolutions: str = "" # 'unet': pixel sizes with self-attention, e.g. '16,8' ('' : the configuration's own)
     solver: str = "dsb"            # training method, a name in dsb.trainer.SOLVERS: 'dsb' (IPF with mean matching)
     num_steps: int = 20            # N, steps of the chain
     gamma_min: float = 0.01        # smallest step size
@@ -101,6 +107,8 @@ def make_config(**params) -> Config:
     cfg = Config(**{k: _coerce(k, v, getattr(defaults, k)) for k, v in params.items()})
     import_plugins(cfg.plugins)
     check_one_of("parameter dataset", cfg.dataset, DATASETS)
+    own = getattr(DATASETS[cfg.dataset], "defaults", {})          # the data set's defaults, for what was not set
+    cfg = replace(cfg, **{k: v for k, v in own.items() if k not in params})
     check_one_of("parameter model", cfg.model, MODELS)
     check_one_of("parameter solver", cfg.solver, SOLVERS)
     check_one_of("parameter gamma_space", cfg.gamma_space, SPACES)
@@ -108,6 +116,7 @@ def make_config(**params) -> Config:
     for name in ("data_dim", "num_steps", "n_ipf", "num_iter", "batch_size", "cache_refresh", "checkpoint_every"):
         check_int(f"parameter {name}", getattr(cfg, name), 1)
     check_int("parameter cache_npar", cfg.cache_npar, 2); check_int("parameter eval_npar", cfg.eval_npar, 2)
+    check_int("parameter image_size", cfg.image_size, 0); check_int("parameter max_images", cfg.max_images, 0)
     for name in ("gamma_min", "gamma_max", "lr", "var_final"): check_positive(f"parameter {name}", getattr(cfg, name))
     check_positive("parameter grad_clip", cfg.grad_clip, allow_zero=True)
     if not math.isfinite(cfg.mean_final): raise ValueError(f"parameter mean_final={cfg.mean_final} must be finite")
@@ -133,7 +142,7 @@ def notebook_params(namespace: dict, # the notebook's globals() after the parame
     return {k: namespace[k] for k in new if namespace[k] != defaults[k] or type(namespace[k]) is not type(defaults[k])}
 
 # %% ../nbs/17_config.ipynb #286b5cf2
-RESUMABLE = ("n_ipf", "lr", "lr_decay", "grad_clip", "ema_rate", "checkpoint_every", "eval_npar", "device", "plots", "progress")
+RESUMABLE = ("n_ipf", "lr", "lr_decay", "grad_clip", "ema_rate", "checkpoint_every", "eval_npar", "device", "plots", "progress", "data_dir")
 
 def resume_config(saved: dict, # the resumed run's config.json
                   given: dict, # parameters passed with `resume` (validated values)

@@ -327,6 +327,7 @@ IMAGE_DEFAULTS = {
     "digits": dict(_PAPER, num_steps=20, lr=1e-3, n_ipf=6, num_iter=1500, cache_npar=1000, cache_refresh=200),
     "mnist_offline": dict(_PAPER, num_steps=30, lr=3e-4, n_ipf=6, num_iter=2000, cache_npar=500, cache_refresh=200),
 }
+for _name, _defaults in IMAGE_DEFAULTS.items(): DATASETS[_name].defaults = _defaults   # applied by make_config to unset parameters
 
 # %% ../nbs/08_images.ipynb #d4b7521d
 _DOWNLOADS = {  # name -> (torchvision class, its keyword arguments, folder it fills, host)

@@ -18,7 +18,7 @@ from .reference import reference_transition
 from .data import DataSpec, make_data
 from .trainer import SOLVERS, Trainer, Callback, EMA, Progress, LossLogger, NonFiniteLossError
 from .checkpoint import Checkpointer, load_checkpoint, set_aside_stage
-from .config import Config, make_config, resume_config, import_plugins, check_names
+from .config import Config, RESUMABLE, make_config, resume_config, import_plugins, check_names
 from .metrics import sliced_wasserstein, coupling_moments
 from .core import relative_error
 from .plots import plot_samples, save_gif, image_grid, make_image_grid
@@ -139,8 +139,7 @@ def _check_checkpoint(state: dict, cfg: Config, run_dir: Path) -> None:
     "Refuse a checkpoint whose config differs from the run's in a setting that shapes the networks or the run."
     saved = json.loads(state.get("config", "{}"))
     for k, v in saved.items():
-        if k in ("resume", "n_ipf", "lr", "lr_decay", "grad_clip", "ema_rate", "checkpoint_every", "eval_npar",
-                 "device", "plots", "progress", "out_dir", "run_name", "plugins"): continue
+        if k in RESUMABLE or k in ("resume", "out_dir", "run_name", "plugins"): continue
         if getattr(cfg, k, v) != v:
             raise ValueError(f"the checkpoint in {run_dir} was written by a run with {k}={v!r}, but its config.json says "
                              f"{k}={getattr(cfg, k)!r}: they do not belong together. Restore the run's own config.json.")

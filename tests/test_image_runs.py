@@ -1,0 +1,66 @@
+"Image data sets through train.ipynb, on generated fixtures in torchvision's layout: the CPU smoke runs of the GPU commands."
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# tiny overrides: everything else is the data set's paper default (UNet, N, gammas, lr, ...)
+TINY = dict(n_ipf=1, num_iter=4, cache_refresh=2, cache_npar=4, batch_size=2, eval_npar=8, num_steps=3, checkpoint_every=2,
+            progress=False)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    "MNIST and EMNIST letters as IDX files, a CelebA-shaped folder of 178x218 JPEGs and a user folder of mixed pictures."
+    from PIL import Image
+    from dsb.images import write_idx
+    d = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    write_idx(d / "MNIST/raw/train-images-idx3-ubyte.gz", rng.integers(0, 256, (32, 28, 28), dtype=np.uint8))
+    write_idx(d / "EMNIST/raw/emnist-letters-train-images-idx3-ubyte", rng.integers(0, 256, (32, 28, 28), dtype=np.uint8))
+    faces = d / "celeba/img_align_celeba"; faces.mkdir(parents=True)
+    for i in range(6): Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)).save(faces / f"{i + 1:06d}.jpg")
+    mine = d / "mine" / "sub"; mine.mkdir(parents=True)
+    for i in range(6): Image.fromarray(rng.integers(0, 256, (40 + i, 50, 3), dtype=np.uint8)).save(mine / f"{i}.png")
+    return d
+
+
+@pytest.mark.parametrize("dataset,extra,shape", [
+    ("mnist", {}, (1, 28, 28)),
+    ("emnist_mnist", {}, (1, 28, 28)),
+    ("celeba", {"image_size": 32}, (3, 32, 32)),     # the layout and loader of CelebA at a size the CPU can run
+    ("folder", {"image_size": 8}, (3, 8, 8)),
+])
+def test_image_data_sets_run_through_train_notebook(data_dir, tmp_path, dataset, extra, shape):
+    import papermill as pm
+    data = str(data_dir / "mine") if dataset == "folder" else str(data_dir)
+    params = dict(TINY, dataset=dataset, data_dir=data, out_dir=str(tmp_path / "runs"), run_name="r", **extra)
+    pm.execute_notebook(str(ROOT / "nbs" / "train.ipynb"), str(tmp_path / "out.ipynb"), parameters=params,
+                        kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
+    run_dir = tmp_path / "runs" / "r"
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["model"] == "unet" and cfg["dataset"] == dataset and cfg["lr"] == 1e-4     # the paper's defaults were applied
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"checkpoint.pt", "metrics.json", "samples_ipf01.png", "bridge.gif"} <= names
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["steps"] == 2 * TINY["num_iter"] and m["sw2_data"] == m["sw2_data"]
+    from dsb.run import load_run
+    bridge = load_run(run_dir)
+    assert tuple(bridge.data.shape) == shape
+
+
+@pytest.mark.parametrize("params,match", [
+    (dict(dataset="mnsit"), "dataset='mnsit' is not allowed (did you mean 'mnist'"),
+    (dict(dataset="folder", image_size=48), "parameter image_size: image_size=48 has no UNet configuration"),
+    (dict(dataset="mnist", attention_resolutions="168"), "parameter attention_resolutions"),
+    (dict(dataset="mnist", data_dir="/no/such/folder"), "download it with: python -m dsb.images download mnist --data-dir /no/such/folder"),
+])
+def test_bad_image_parameters_fail_before_training(data_dir, tmp_path, params, match):
+    import re
+    from dsb.run import run
+    if params.get("dataset") == "folder": params = {**params, "data_dir": str(data_dir / "mine")}
+    elif "data_dir" not in params: params = {**params, "data_dir": str(data_dir)}
+    with pytest.raises(ValueError, match=re.escape(match)): run(**TINY, **params, out_dir=str(tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()
