@@ -19,7 +19,7 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['get_device', 'seed_everything', 'derive_seed', 'tune_malloc', 'DevicePolicy', 'device_policy', 'append_dims',
-           'sum_except_batch', 'mean_except_batch', 'check_positive', 'check_int', 'check_cov', 'sqrtm_psd',
+           'sum_except_batch', 'mean_except_batch', 'check_positive', 'check_int', 'as_f64', 'check_cov', 'sqrtm_psd',
            'relative_error', 'NoSpaceError', 'atomic_write', 'close_matches', 'check_one_of', 'Registry']
 
 # %% ../nbs/00_core.ipynb #74beb03c
@@ -128,6 +128,17 @@ def check_int(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not float(value).is_integer() or int(value) < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+# %% ../nbs/00_core.ipynb #ae773069
+def as_f64(name: str, # the argument's name, for the error message
+           x, # anything `torch.as_tensor` takes
+           shape: tuple, # the shape it must have
+          ) -> Tensor:
+    "`x` as a finite float64 tensor of shape `shape`, or a `ValueError` naming `name`."
+    x = torch.as_tensor(x, dtype=torch.float64)
+    if tuple(x.shape) != tuple(shape): raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(x.shape)}")
+    if not torch.isfinite(x).all(): raise ValueError(f"{name} has non-finite entries")
+    return x
 
 # %% ../nbs/00_core.ipynb #e4db3940
 def check_cov(name: str, # the argument's name, for the error message

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .core import check_int, check_cov, relative_error, sqrtm_psd
+from .core import as_f64, check_int, check_cov, relative_error, sqrtm_psd
 from .static import gaussian_sb_cross_cov
 from .reference import Schedule, reference_transition
 
@@ -32,12 +32,6 @@ def gaussian_problem(dim: int = 5, # d, the dimension
     return mean0, M @ M.T / dim + 0.1 * torch.eye(dim, dtype=torch.float64)
 
 # %% ../nbs/04_gaussian.ipynb #b6b16977
-def _as_f64(name: str, x, shape: tuple) -> Tensor:
-    x = torch.as_tensor(x, dtype=torch.float64)
-    if tuple(x.shape) != shape: raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
-    if not torch.isfinite(x).all(): raise ValueError(f"{name} has non-finite entries")
-    return x
-
 @dataclass
 class GaussianChain:
     "A path law: $x_0 \\sim N(m_0, S_0)$, $x_{k+1} = A_k x_k + b_k + N(0, Q_k)$ (float64, travel order)."
@@ -52,12 +46,12 @@ class GaussianChain:
         if A.ndim != 3 or A.shape[1] != A.shape[2] or A.shape[0] < 1:
             raise ValueError(f"A must have shape (N, d, d) with N >= 1, got {tuple(A.shape)}")
         n, d = A.shape[0], A.shape[1]
-        self.A = _as_f64("A", A, (n, d, d))
-        self.b = _as_f64("b", self.b, (n, d))
-        self.Q = _as_f64("Q", self.Q, (n, d, d))
+        self.A = as_f64("A", A, (n, d, d))
+        self.b = as_f64("b", self.b, (n, d))
+        self.Q = as_f64("Q", self.Q, (n, d, d))
         check_cov("Q", self.Q, definite=False)
-        self.mean0 = _as_f64("mean0", self.mean0, (d,))
-        self.cov0 = _as_f64("cov0", self.cov0, (d, d))
+        self.mean0 = as_f64("mean0", self.mean0, (d,))
+        self.cov0 = as_f64("cov0", self.cov0, (d, d))
         check_cov("cov0", self.cov0)
 
     @property

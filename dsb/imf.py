@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .core import check_int, check_positive, check_cov
+from .core import as_f64, check_int, check_positive, check_cov
 from .static import gaussian_sb_cross_cov
 
 # %% auto #0
@@ -108,12 +108,6 @@ def ou_bridge_sample(x0: Tensor, xT: Tensor, t, T: float, var_final: float = 1.,
     return bridge_sample(LinearReference.ou(T, var_final, mean_final), x0, xT, t, generator)
 
 # %% ../nbs/11_imf.ipynb #25608947
-def _as_f64(name: str, x, shape: tuple) -> Tensor:
-    x = torch.as_tensor(x, dtype=torch.float64)
-    if tuple(x.shape) != shape: raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
-    if not torch.isfinite(x).all(): raise ValueError(f"{name} has non-finite entries")
-    return x
-
 @dataclass
 class GaussianCoupling:
     "A Gaussian law of $(x_0, x_T)$: means, marginal covariances and the cross-covariance $C = \\mathrm{cov}(x_0, x_T)$ (float64)."
@@ -126,9 +120,9 @@ class GaussianCoupling:
     def __post_init__(self):
         self.cov0 = check_cov("cov0", self.cov0)
         d = self.cov0.shape[0]
-        self.cov1 = _as_f64("cov1", self.cov1, (d, d)); check_cov("cov1", self.cov1)
-        self.mean0, self.mean1 = _as_f64("mean0", self.mean0, (d,)), _as_f64("mean1", self.mean1, (d,))
-        self.cross = _as_f64("cross", self.cross, (d, d))
+        self.cov1 = as_f64("cov1", self.cov1, (d, d)); check_cov("cov1", self.cov1)
+        self.mean0, self.mean1 = as_f64("mean0", self.mean0, (d,)), as_f64("mean1", self.mean1, (d,))
+        self.cross = as_f64("cross", self.cross, (d, d))
         J = self.joint()[1]
         if torch.linalg.eigvalsh(J)[0] < -1e-10 * J.abs().max():
             raise ValueError("cross: the joint covariance of (x_0, x_T) must be positive semi-definite")
@@ -217,7 +211,7 @@ def linear_sde_moments(drift, # drift(t: (n,) tensor) -> (K (n, d, d), c (n, d))
     sigma = _scalar("sigma", sigma, allow_zero=True)
     cov0 = check_cov("cov0", cov0)
     d = cov0.shape[0]
-    mean0 = _as_f64("mean0", mean0, (d,))
+    mean0 = as_f64("mean0", mean0, (d,))
     with _one_thread(): return _magnus_moments(drift, T, n, mean0, cov0, sigma)
 
 def _magnus_moments(drift, T: float, n: int, mean0: Tensor, cov0: Tensor, sigma: float):
