@@ -35,7 +35,7 @@ def save_checkpoint(run_dir, # the run's folder
 
 def _short(e: Exception) -> str:
     "The first line of an exception, without PyTorch's advice to retry unsafely (`weights_only=False`)."
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    msg = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else ""
     if "weights_only" in msg or "Weights only load failed" in msg: msg = "not a valid weights-only checkpoint"
     return f"{type(e).__name__}: {msg[:160]}"
 

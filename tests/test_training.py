@@ -119,8 +119,8 @@ def test_damaged_checkpoints_give_a_clear_error_and_lose_nothing(tmp_path):
     from dsb.run import run
     s = run(**{**TINY, "n_ipf": 1, "num_iter": 100}, out_dir=str(tmp_path), run_name="r")
     run_dir = Path(s["run_dir"])
-    for name in ("checkpoint.pt", "checkpoint_prev.pt"):
-        (run_dir / name).write_bytes((run_dir / name).read_bytes()[:100])   # truncated
+    for name in ("checkpoint.pt", "checkpoint_prev.pt", "checkpoint_stage.pt"):
+        (run_dir / name).write_bytes((run_dir / name).read_bytes()[:100])   # all three truncated
     before = files_of(run_dir)
     with pytest.raises(RuntimeError, match="corrupt or truncated") as e: run(resume=str(run_dir), progress=False)
     assert "weights_only=False" not in str(e.value)      # PyTorch's advice to load unsafely is not passed on
