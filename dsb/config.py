@@ -16,7 +16,7 @@ from .models import MODELS
 from .data import DATASETS
 from .trainer import SOLVERS
 from .ipf import STEP_WEIGHTS
-import dsb.unet, dsb.images   # their registrations: the 'unet' model and the image data sets
+import dsb.unet, dsb.images  # noqa: F401 (imported for their registrations: the 'unet' model, the image data sets)
 
 # %% auto #0
 __all__ = ['RESUMABLE', 'Config', 'check_names', 'import_plugins', 'make_config', 'notebook_params', 'resume_config']

@@ -18,7 +18,7 @@ from .reference import Schedule, ReferenceMean, sample_chain, sample_path
 from .reversal import mean_matching_target, mean_matching_loss
 from .models import make_model
 from .data import DataSpec
-from .trainer import Solver, SOLVERS, Trainer, Callback, CancelFit, EMA, LossLogger
+from .trainer import Solver, SOLVERS
 
 # %% auto #0
 __all__ = ['STEP_WEIGHTS', 'Cache', 'build_cache', 'Direction', 'DSB', 'dsb_solver']

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .core import check_int, check_positive, check_cov, relative_error, sqrtm_psd
+from .core import check_int, check_positive, check_cov, sqrtm_psd
 
 # %% auto #0
 __all__ = ['as_points', 'random_directions', 'w2_1d_squared', 'sliced_wasserstein', 'noise_floor', 'energy_distance',

@@ -5,7 +5,6 @@
 # %% ../nbs/09_trainer.ipynb #ee98033d
 from __future__ import annotations
 
-import copy
 import json
 import math
 

@@ -1,5 +1,5 @@
 "Runs that survive anything: typos, resume with changes, kills before and inside checkpoint writes, full disks, damaged or foreign checkpoints."
-import json, os, re, shutil, signal, subprocess, sys, time
+import json, os, re, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
