@@ -144,6 +144,15 @@ def _find_idx(folder: Path, stem: str):
 def _limit(x: Tensor, max_images: int) -> Tensor:
     return x[:check_int("max_images", max_images, 0)] if max_images else x
 
+def _read_28px(folder: Path, stem: str, what: str, name: str, data_dir) -> Tensor:
+    "The (N, 28, 28) IDX file `folder/stem[.gz]`; a missing, truncated or misshapen file names the folder and the download command."
+    path = _find_idx(folder, stem)
+    if path is None: raise _missing(what, folder, f"{stem} missing", name, data_dir)
+    try: x = read_idx(path)
+    except ValueError as e: raise _missing(f"complete {what}", folder, str(e), name, data_dir) from None
+    if x.ndim != 3 or x.shape[1:] != (28, 28): raise _missing(what, folder, f"{path.name} holds shape {tuple(x.shape)}, not (N, 28, 28)", name, data_dir)
+    return x
+
 def load_mnist(
     data_dir="data",      # the folder given to the download command (holds MNIST/raw)
     split: str = "train", # 'train' (60,000 digits) or 'test' (10,000)
@@ -151,13 +160,8 @@ def load_mnist(
 ) -> Tensor:              # (N, 1, 28, 28) uint8
     "MNIST digits from torchvision's on-disk layout `data_dir/MNIST/raw/{train,t10k}-images-idx3-ubyte[.gz]`."
     check_one_of("split", split, ("train", "test"))
-    folder, stem = Path(data_dir) / "MNIST" / "raw", f"{'train' if split == 'train' else 't10k'}-images-idx3-ubyte"
-    path = _find_idx(folder, stem)
-    if path is None: raise _missing("MNIST", folder, f"{stem} missing", "mnist", data_dir)
-    try: x = read_idx(path)
-    except ValueError as e: raise _missing("complete MNIST", folder, str(e), "mnist", data_dir) from None
-    if x.ndim != 3 or x.shape[1:] != (28, 28): raise _missing("MNIST", folder, f"{path.name} holds shape {tuple(x.shape)}, not (N, 28, 28)", "mnist", data_dir)
-    return _limit(x, max_images).unsqueeze(1)
+    stem = f"{'train' if split == 'train' else 't10k'}-images-idx3-ubyte"
+    return _limit(_read_28px(Path(data_dir) / "MNIST" / "raw", stem, "MNIST", "mnist", data_dir), max_images).unsqueeze(1)
 
 # %% ../nbs/08_images.ipynb #643ba49e
 def load_emnist_letters(
@@ -167,12 +171,7 @@ def load_emnist_letters(
 ) -> Tensor:              # (N, 1, 28, 28) uint8, upright like MNIST
     "EMNIST letters from torchvision's layout `data_dir/EMNIST/raw/emnist-letters-{train,test}-images-idx3-ubyte[.gz]`, transposed upright."
     check_one_of("split", split, ("train", "test"))
-    folder, stem = Path(data_dir) / "EMNIST" / "raw", f"emnist-letters-{split}-images-idx3-ubyte"
-    path = _find_idx(folder, stem)
-    if path is None: raise _missing("EMNIST letters", folder, f"{stem} missing", "emnist", data_dir)
-    try: x = read_idx(path)
-    except ValueError as e: raise _missing("complete EMNIST letters", folder, str(e), "emnist", data_dir) from None
-    if x.ndim != 3 or x.shape[1:] != (28, 28): raise _missing("EMNIST letters", folder, f"{path.name} holds shape {tuple(x.shape)}, not (N, 28, 28)", "emnist", data_dir)
+    x = _read_28px(Path(data_dir) / "EMNIST" / "raw", f"emnist-letters-{split}-images-idx3-ubyte", "EMNIST letters", "emnist", data_dir)
     return _limit(x, max_images).transpose(1, 2).unsqueeze(1).contiguous()
 
 # %% ../nbs/08_images.ipynb #83968f9d

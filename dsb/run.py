@@ -13,14 +13,13 @@ from pathlib import Path
 
 import torch
 
-from .core import derive_seed, device_policy, atomic_write
+from .core import derive_seed, device_policy, atomic_write, relative_error
 from .reference import reference_transition
 from .data import DataSpec, make_data
 from .trainer import SOLVERS, Trainer, Callback, EMA, Progress, LossLogger, NonFiniteLossError
 from .checkpoint import Checkpointer, load_checkpoint, set_aside_stage
 from .config import Config, RESUMABLE, make_config, resume_config, import_plugins, check_names
 from .metrics import sliced_wasserstein, coupling_moments
-from .core import relative_error
 from .plots import plot_samples, save_gif, image_grid, make_image_grid
 
 # %% auto #0
