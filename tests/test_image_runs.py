@@ -64,3 +64,24 @@ def test_bad_image_parameters_fail_before_training(data_dir, tmp_path, params, m
     elif "data_dir" not in params: params = {**params, "data_dir": str(data_dir)}
     with pytest.raises(ValueError, match=re.escape(match)): run(**TINY, **params, out_dir=str(tmp_path / "runs"))
     assert not (tmp_path / "runs").exists()
+
+
+def test_digits_run_logs_the_digit_score_next_to_its_floor(tmp_path, monkeypatch):
+    "`digits` trains on the 997 `train` digits only, and every IPF iteration logs the digit classifier's score and its floor."
+    monkeypatch.setenv("DSB_CACHE", str(tmp_path / "cache"))
+    from dsb.images import load_digits
+    from dsb.data import make_data
+    from dsb.config import make_config
+    from dsb.run import run
+    data = make_data(make_config(dataset="digits"))
+    assert data.scorer == "digits8"
+    train = {tuple(x) for x in load_digits(split="train").flatten(1).mul(16).round().int().tolist()}
+    unseen = {tuple(x) for x in load_digits(split="real").flatten(1).mul(16).round().int().tolist()} - train
+    import torch
+    drawn = {tuple(x) for x in ((data.data(3000, torch.Generator().manual_seed(0)) + 1) * 8).flatten(1).round().int().tolist()}
+    assert drawn <= train and not drawn & unseen                    # the score's `real` digits are never trained on
+    s = run(dataset="digits", **{**TINY, "eval_npar": 64}, out_dir=str(tmp_path / "runs"), run_name="d", plots=True)
+    assert 0.9 < s["digit_confidence_floor"] <= 1 and 2.2 < s["digit_entropy_floor"] <= 2.303 and 0 < s["digit_fd_floor"] < 20
+    assert 0.1 <= s["digit_confidence"] <= 1 and s["digit_fd"] > s["digit_fd_floor"]   # 4 training steps: far from digits
+    evals = [json.loads(l) for l in (tmp_path / "runs/d/metrics.jsonl").read_text().splitlines() if '"eval"' in l]
+    assert len(evals) == 1 and "digit_fd" in evals[0]
