@@ -49,6 +49,7 @@ class Config:
     batch_size: int = 512          # regression batch size
     cache_npar: int = 2500         # chains simulated per cache refresh
     cache_refresh: int = 100       # optimiser steps between cache refreshes
+    cache_shards: int = 0          # seeded parts of each cache, split among processes (0: one per process); fixed, runs on any number of processes dividing it agree
     lr: float = 1e-3               # Adam learning rate at the start of each stage
     lr_decay: float = 0.1          # the learning rate falls (cosine) to lr * lr_decay by the end of each stage
     ema_rate: float = 0.999        # EMA of the weights used to simulate and sample; 0 disables
@@ -116,6 +117,9 @@ def make_config(**params) -> Config:
     for name in ("data_dim", "num_steps", "n_ipf", "num_iter", "batch_size", "cache_refresh", "checkpoint_every"):
         check_int(f"parameter {name}", getattr(cfg, name), 1)
     check_int("parameter cache_npar", cfg.cache_npar, 2); check_int("parameter eval_npar", cfg.eval_npar, 2)
+    check_int("parameter cache_shards", cfg.cache_shards, 0)
+    if cfg.cache_shards > cfg.cache_npar:
+        raise ValueError(f"parameter cache_shards={cfg.cache_shards} must be <= cache_npar={cfg.cache_npar} (every shard simulates at least one chain)")
     check_int("parameter image_size", cfg.image_size, 0); check_int("parameter max_images", cfg.max_images, 0)
     for name in ("gamma_min", "gamma_max", "lr", "var_final"): check_positive(f"parameter {name}", getattr(cfg, name))
     check_positive("parameter grad_clip", cfg.grad_clip, allow_zero=True)

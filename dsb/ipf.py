@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from fastcore.basics import patch
 
-from .core import check_int, derive_seed
+from .core import DevicePolicy, check_int, derive_seed, device_policy
 from .reference import Schedule, ReferenceMean, sample_chain, sample_path
 from .reversal import mean_matching_target, mean_matching_loss
 from .models import make_model
@@ -21,7 +21,7 @@ from .data import DataSpec
 from .trainer import Solver, SOLVERS
 
 # %% auto #0
-__all__ = ['STEP_WEIGHTS', 'Cache', 'build_cache', 'Direction', 'DSB', 'dsb_solver']
+__all__ = ['STEP_WEIGHTS', 'Cache', 'build_cache', 'shard_sizes', 'build_shards', 'Direction', 'DSB', 'dsb_solver']
 
 # %% ../nbs/10_ipf.ipynb #6d272a35
 @dataclass
@@ -68,6 +68,31 @@ def build_cache(sample_fn: Callable, # mean function that simulates the chain, `
     return Cache(xs.reshape(N * npar, *x0.shape[1:]), targets.reshape(N * npar, *x0.shape[1:]),
                  t[1:].to(x0), npar)
 
+# %% ../nbs/10_ipf.ipynb #b4add648
+def shard_sizes(n: int, shards: int) -> list[int]:
+    "Sizes of `shards` nearly equal parts of `n` (the first `n % shards` are one larger)."
+    return [n // shards + (s < n % shards) for s in range(shards)]
+
+def build_shards(sample_fn: Callable, # mean function that simulates the chain
+                 start: Callable,     # `start(n, generator) -> (n, *shape)` starting states
+                 npar: int,           # chains in the whole cache
+                 t: Tensor, gammas: Tensor, # the grid in travel order
+                 seed: int,           # the block's seed; shard s uses streams (seed, s, 0) and (seed, s, 1)
+                 shards: int,         # independently seeded parts, a multiple of `policy.world`
+                 policy: DevicePolicy, # device, chunk size, this process's rank and the number of processes
+                ) -> Cache:
+    "A cache of `npar` chains built in `shards` independently seeded shards, split among the processes and gathered in shard order."
+    if shards % policy.world:
+        raise ValueError(f"parameter cache_shards={shards} must be a multiple of the number of processes ({policy.world})")
+    sizes, per = shard_sizes(npar, shards), shards // policy.world
+    xs, targets = [], []
+    for s in range(policy.rank * per, (policy.rank + 1) * per):
+        x0 = start(sizes[s], torch.Generator().manual_seed(derive_seed(seed, s, 0))).to(policy.device)
+        c = build_cache(sample_fn, x0, t, gammas, generator=policy.generator(derive_seed(seed, s, 1)), chunk=policy.cache_chunk)
+        xs.append(c.x.unflatten(0, (c.num_steps, c.npar))); targets.append(c.target.unflatten(0, (c.num_steps, c.npar)))
+    x, target = policy.gather(torch.cat(xs, 1), 1), policy.gather(torch.cat(targets, 1), 1)
+    return Cache(x.flatten(0, 1), target.flatten(0, 1), c.t, npar)
+
 # %% ../nbs/10_ipf.ipynb #46fb7538
 @dataclass
 class Direction:
@@ -101,9 +126,11 @@ class DSB(Solver):
                  cache_npar: int = 1024,      # chains simulated per cache
                  step_weights: Callable = None, # gammas (N,) in travel order -> (N,) weights of each step in a batch; None: uniform
                  warm_start: bool = True,     # start each stage from the previous network of that direction
+                 cache_shards: int = 0,       # seeded parts of each cache, split among processes (0: one per process)
                 ):
         self.forward, self.backward, self.reference = forward, backward, reference
         self.cache_npar, self.step_weights, self.warm_start = check_int("cache_npar", cache_npar, 2), step_weights, warm_start
+        self.cache_shards = check_int("cache_shards", cache_shards, 0)
 
     def pair(self, stage: int) -> tuple[Direction, Direction]:
         "`(train, sample)` directions of a stage: stage 0 trains backward on forward chains, stage 1 the reverse."
@@ -121,13 +148,17 @@ class DSB(Solver):
         if tr.step == 0 and not self.warm_start: train.reset()
         self.probs = None if self.step_weights is None else self.step_weights(sample.grid[1]).float().to(tr.device)
     def refresh(self, tr):
-        sample = self.pair(tr.stage)[1]
+        sample, fn = self.pair(tr.stage)[1], self.sample_fn(tr.iteration, tr.stage)
+        shards = self.cache_shards or tr.policy.world
+        if shards > 1:
+            self.cache = build_shards(fn, sample.start, self.cache_npar, *sample.grid, tr.block_seed(0), shards, tr.policy)
+            return
         x0 = sample.start(self.cache_npar, torch.Generator().manual_seed(tr.block_seed(0))).to(tr.device)
-        self.cache = build_cache(self.sample_fn(tr.iteration, tr.stage), x0, *sample.grid, generator=tr.generator,
-                                 chunk=tr.policy.cache_chunk)
+        self.cache = build_cache(fn, x0, *sample.grid, generator=tr.generator, chunk=tr.policy.cache_chunk)
     def loss(self, tr):
         x, target, t = self.cache.sample(tr.batch_size, tr.generator, self.probs)
-        return mean_matching_loss(self.pair(tr.stage)[0].net, x, t, target)
+        rows = tr.policy.rows(tr.batch_size)          # every process draws the same batch and fits its own rows
+        return mean_matching_loss(tr.net, x[rows], t[rows], target[rows])
 
     def state_dict(self):
         return {d.name: {"net": d.net.state_dict(), "ema": d.ema.state_dict()} for d in (self.forward, self.backward)}
@@ -162,6 +193,6 @@ def dsb_solver(cfg, # a run config (`dsb.config.Config`)
     backward = Direction("backward", net_b, data.prior, schedule.backward_grid())
     reference = ReferenceMean(schedule, cfg.mean_final, cfg.var_final).to(device)
     solver = DSB(forward, backward, reference, cache_npar=cfg.cache_npar,
-                 step_weights=STEP_WEIGHTS[cfg.time_sampling], warm_start=cfg.warm_start)
+                 step_weights=STEP_WEIGHTS[cfg.time_sampling], warm_start=cfg.warm_start, cache_shards=cfg.cache_shards)
     solver.schedule = schedule
     return solver

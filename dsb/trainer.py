@@ -35,7 +35,7 @@ class Solver:
     def refresh(self, trainer: Trainer) -> None:
         "New training data at a block boundary, drawn from `trainer.generator` / `trainer.block_seed(k)`."
     def loss(self, trainer: Trainer) -> Tensor:
-        "Per-sample losses `(B,)` of one batch of `trainer.batch_size`."
+        "Per-sample losses of this process's rows `trainer.policy.rows(batch_size)` of one batch, through `trainer.net`."
         raise NotImplementedError
     def state_dict(self) -> dict: return {}
     def load_state_dict(self, state: dict) -> None: pass
@@ -117,6 +117,7 @@ def run_stage(self: Trainer, start_step: int = 0):
     self.step = start_step
     self.solver.begin_stage(self)
     params = [p for p in net.parameters() if p.requires_grad]
+    self.net = self.policy.wrap(net)      # what `solver.loss` calls: `net`, or `net` in DDP (one process of many)
     self.opt = adam(params, self.lr)
     if self._opt_state is not None: self.opt.load_state_dict(self._opt_state); self._opt_state = None
     self.callback("before_stage")
@@ -133,7 +134,7 @@ def run_stage(self: Trainer, start_step: int = 0):
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip > 0: nn.utils.clip_grad_norm_(params, self.grad_clip, foreach=True)
-        self.loss = loss.detach()
+        self.loss = self.policy.mean_over_ranks(loss.detach())   # the global batch's loss on every process
         i = self.step % self.block
         block_losses[i] = self.loss
         if each_step: self.check_finite(block_losses[i:i + 1], self.step)
