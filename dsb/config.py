@@ -58,6 +58,9 @@ class Config:
     warm_start: bool = True        # start each stage from the previous network of its direction
     seed: int = 0                  # seeds initialisation, data, caches and batches
     device: str = "auto"           # 'auto', 'cpu', 'cuda', 'cuda:N'
+    precision: str = "fp32"        # 'fp32', or 'bf16': networks run under bf16 autocast (fp32 weights; drift added and targets formed in fp32)
+    compile: bool = False          # torch.compile the training step's network and the cache simulation (compile time counted in the run)
+    channels_last: bool = False    # images: networks in channels_last memory format (faster convolutions on GPUs)
     out_dir: str = "runs"          # runs are written to out_dir/run_name
     run_name: str = ""             # '' -> '<data>-<date>-<time>'; an existing name gets a suffix, never overwritten
     resume: str = ""               # path of a run directory to continue from its last checkpoint
@@ -114,6 +117,10 @@ def make_config(**params) -> Config:
     check_one_of("parameter solver", cfg.solver, SOLVERS)
     check_one_of("parameter gamma_space", cfg.gamma_space, SPACES)
     check_one_of("parameter time_sampling", cfg.time_sampling, STEP_WEIGHTS)
+    check_one_of("parameter precision", cfg.precision, ("fp32", "bf16"))
+    if cfg.precision == "bf16" and cfg.mean_match:
+        raise ValueError("parameter precision='bf16' needs mean_match=False: the mean x + drift and the mean-matching target "
+                         "are formed in fp32 only with the drift parametrisation (05_models)")
     for name in ("data_dim", "num_steps", "n_ipf", "num_iter", "batch_size", "cache_refresh", "checkpoint_every"):
         check_int(f"parameter {name}", getattr(cfg, name), 1)
     check_int("parameter cache_npar", cfg.cache_npar, 2); check_int("parameter eval_npar", cfg.eval_npar, 2)

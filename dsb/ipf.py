@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import copy
+import math
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,7 +23,8 @@ from .data import DataSpec
 from .trainer import Solver, SOLVERS
 
 # %% auto #0
-__all__ = ['STEP_WEIGHTS', 'Cache', 'build_cache', 'shard_sizes', 'build_shards', 'Direction', 'DSB', 'dsb_solver']
+__all__ = ['STEP_WEIGHTS', 'Cache', 'build_cache', 'shard_sizes', 'build_shards', 'Direction', 'DSB', 'available_memory',
+           'check_cache_memory', 'dsb_solver']
 
 # %% ../nbs/10_ipf.ipynb #6d272a35
 @dataclass
@@ -148,7 +151,7 @@ class DSB(Solver):
         if tr.step == 0 and not self.warm_start: train.reset()
         self.probs = None if self.step_weights is None else self.step_weights(sample.grid[1]).float().to(tr.device)
     def refresh(self, tr):
-        sample, fn = self.pair(tr.stage)[1], self.sample_fn(tr.iteration, tr.stage)
+        sample, fn = self.pair(tr.stage)[1], tr.compiled(self.sample_fn(tr.iteration, tr.stage))
         shards = self.cache_shards or tr.policy.world
         if shards > 1:
             self.cache = build_shards(fn, sample.start, self.cache_npar, *sample.grid, tr.block_seed(0), shards, tr.policy)
@@ -180,6 +183,34 @@ def to_prior(self: DSB, x: Tensor, generator: torch.Generator = None, path: bool
     return (sample_path if path else sample_chain)(self.forward.ema, x, *self.forward.grid, generator=generator, noise_last=True)
 
 # %% ../nbs/10_ipf.ipynb #701b25dc
+def available_memory(device: torch.device) -> int:
+    "Bytes free on `device`: CUDA `mem_get_info`, else the system's `MemAvailable` (or free pages)."
+    device = torch.device(device)
+    if device.type == "cuda": return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"): return int(line.split()[1]) * 1024
+    except OSError: pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+def check_cache_memory(npar: int, num_steps: int, shape: tuple, device: torch.device,
+                       nets=(),                # the networks trained (4 fp32 copies each: weights, EMA, gradient, 2 Adam moments)
+                       available: int = None,  # bytes free (default: `available_memory(device)`)
+                       copies: int = 2,        # caches alive at once while a new one is built
+                      ) -> int:
+    "Estimated bytes of caches and networks; raise `ValueError` naming `cache_npar` and a value that fits if they exceed 3/4 of the free memory."
+    per_chain = 2 * num_steps * math.prod(shape) * 4
+    fixed = 5 * sum(p.numel() * 4 for net in nets for p in net.parameters())
+    need = copies * npar * per_chain + fixed
+    budget = 0.75 * (available_memory(device) if available is None else available)
+    if need > budget:
+        fit = max(int((budget - fixed) // (copies * per_chain)), 0)
+        raise ValueError(f"parameter cache_npar={npar}: caches of {npar} chains x {num_steps} steps of shape {tuple(shape)} need about "
+                         f"{need / 2**30:.1f} GiB, more than 3/4 of the {budget / 0.75 / 2**30:.1f} GiB free on {device}. "
+                         f"Lower cache_npar to {fit} or less (or num_steps), or train on a device with more memory.")
+    return need
+
+# %% ../nbs/10_ipf.ipynb #7261a6be
 @SOLVERS.register("dsb")
 def dsb_solver(cfg, # a run config (`dsb.config.Config`)
                data: DataSpec, # the two ends of the bridge (`dsb.data.make_data(cfg)`)
@@ -192,6 +223,7 @@ def dsb_solver(cfg, # a run config (`dsb.config.Config`)
     forward = Direction("forward", net_f, data.data, schedule.forward_grid())
     backward = Direction("backward", net_b, data.prior, schedule.backward_grid())
     reference = ReferenceMean(schedule, cfg.mean_final, cfg.var_final).to(device)
+    check_cache_memory(cfg.cache_npar, cfg.num_steps, data.shape, device, nets=(net_f, net_b))
     solver = DSB(forward, backward, reference, cache_npar=cfg.cache_npar,
                  step_weights=STEP_WEIGHTS[cfg.time_sampling], warm_start=cfg.warm_start, cache_shards=cfg.cache_shards)
     solver.schedule = schedule

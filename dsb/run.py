@@ -38,7 +38,7 @@ def build_trainer(cfg: Config, # a validated config
     solver = SOLVERS[cfg.solver](cfg, data, policy.device)
     progress = [Progress()] if cfg.progress and policy.is_main else []
     return Trainer(solver, iterations=cfg.n_ipf, steps=cfg.num_iter, batch_size=cfg.batch_size, block=cfg.cache_refresh,
-                   lr=cfg.lr, lr_decay=cfg.lr_decay, grad_clip=cfg.grad_clip, seed=cfg.seed, policy=policy,
+                   lr=cfg.lr, lr_decay=cfg.lr_decay, grad_clip=cfg.grad_clip, seed=cfg.seed, policy=policy, compile=cfg.compile,
                    callbacks=[EMA(cfg.ema_rate), LossLogger(), *progress, *callbacks])
 
 # %% ../nbs/18_run.ipynb #51f01816

@@ -74,6 +74,7 @@ class Trainer:
                  grad_clip: float = 1.0,     # max gradient norm; 0 disables clipping
                  seed: int = 0,
                  policy: DevicePolicy = None, # device rules; default: the device of the first trained network
+                 compile: bool = False,      # `torch.compile` the network of the training step (and `compiled(fn)` for solvers)
                  callbacks=()):
         for name in ("iterations", "steps", "batch_size", "block"): check_int(name, locals()[name])
         check_positive("lr", lr); check_positive("grad_clip", grad_clip, allow_zero=True)
@@ -85,6 +86,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.position, self.history, self.opt, self._opt_state = (0, 0, 0), [], None, None
         self.log_file = None
+        self.compile, self._compiled = compile, {}
 
     def callback(self, event: str):
         "Call `event` on every callback that defines it, in `order`."
@@ -109,6 +111,12 @@ class Trainer:
     @property
     def stage_name(self) -> str: return self.solver.stage_name(self.iteration, self.stage)
 
+    def compiled(self, fn):
+        "`fn` through `torch.compile` if `compile` (one compiled wrapper per object, kept for the whole run), else `fn`."
+        if not self.compile: return fn
+        if id(fn) not in self._compiled: self._compiled[id(fn)] = (fn, torch.compile(fn))
+        return self._compiled[id(fn)][1]
+
 # %% ../nbs/09_trainer.ipynb #59515552
 @patch
 def run_stage(self: Trainer, start_step: int = 0):
@@ -117,7 +125,7 @@ def run_stage(self: Trainer, start_step: int = 0):
     self.step = start_step
     self.solver.begin_stage(self)
     params = [p for p in net.parameters() if p.requires_grad]
-    self.net = self.policy.wrap(net)      # what `solver.loss` calls: `net`, or `net` in DDP (one process of many)
+    self.net = self.compiled(self.policy.wrap(net))   # what `solver.loss` calls: `net`, or `net` in DDP (one process of many)
     self.opt = adam(params, self.lr)
     if self._opt_state is not None: self.opt.load_state_dict(self._opt_state); self._opt_state = None
     self.callback("before_stage")
