@@ -152,6 +152,15 @@ def broadcast(self: DevicePolicy, obj):
     if self.world == 1: return obj
     box = [obj]; dist.broadcast_object_list(box, src=0); return box[0]
 
+@patch
+def check_same(self: DevicePolicy, tensors, what: str) -> None:
+    "Raise `RuntimeError` unless `tensors` are bitwise the same on every process (compared through a checksum)."
+    if self.world == 1: return
+    s = torch.stack([t.detach().double().sum() for t in tensors]).sum().reshape(1)
+    lo, hi = s.clone(), s.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN); dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    if lo != hi: raise RuntimeError(f"{what} differ between processes (checksums {lo.item()!r} to {hi.item()!r})")
+
 @patch(as_prop=True)
 def is_main(self: DevicePolicy) -> bool:
     "Whether this process writes files (rank 0)."

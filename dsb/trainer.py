@@ -151,6 +151,7 @@ def run_stage(self: Trainer, start_step: int = 0):
         if not each_step and (i == self.block - 1 or self.step == self.steps - 1):
             self.check_finite(block_losses[:i + 1], self.step - i)
     self.step = self.steps
+    self.policy.check_same(params, f"after {self.stage_name} of iteration {self.iteration}, the weights (does solver.loss call trainer.net?)")
     last = self.stage == self.solver.n_stages - 1
     if last: self.callback("after_iteration")
     self.position = (self.iteration + 1, 0, 0) if last else (self.iteration, self.stage + 1, 0)
