@@ -16,6 +16,15 @@ python3 -c "import torch, dsb; print('torch', torch.__version__, 'cuda', torch.c
 
 step() { local name=$1; shift; local t0=$(date +%s); echo "== $name"; "$@" 2>&1 | tee "$out/$name.log"; local rc=${PIPESTATUS[0]}; echo "$name rc=$rc $(( $(date +%s) - t0 ))s" >> "$out/summary.txt"; }
 
+# 0. the speed table (issue 9): every fast-path lever on its own, for the 2d, MNIST and CelebA configurations.
+#    Targets: >= 5x fewer s/it than the original (MNIST 0.085, CelebA 0.148 s/it), train img/s >= 10x, CelebA peak <= 8 GiB,
+#    2d >= 3,000 it/s, cache >= 25 % of the measured bf16 peak, recompiles 0. JSON: $out/table-<config>-cuda.json
+step table_2d timeout 240 python3 bench/table.py --config 2d --device cuda --levers base,no_fused_adam,loop_ema,bf16,compile,all
+step table_mnist timeout 240 python3 bench/table.py --config mnist --device cuda --levers base,bf16,channels_last,compile,all --repeats 2
+step table_celeba timeout 300 python3 bench/table.py --config celeba --device cuda --levers base,bf16,channels_last,all --repeats 2
+# 0b. torchrun on the GPU machine's one device (nccl is joined only when WORLD_SIZE > 1: this runs the launcher and rank-0 paths)
+step torchrun timeout 120 torchrun --standalone --nproc_per_node 1 -m dsb.distributed n_ipf=1 num_iter=200 cache_refresh=50 cache_npar=500 eval_npar=1000 progress=False plots=False device=cuda out_dir=/tmp/runs
+
 # 1. a tiny run through the full runner on CUDA (config, caches, EMA, checkpoint, resume, plots)
 step smoke python3 - <<'PY'
 import tempfile, torch

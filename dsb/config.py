@@ -49,6 +49,7 @@ class Config:
     batch_size: int = 512          # regression batch size
     cache_npar: int = 2500         # chains simulated per cache refresh
     cache_refresh: int = 100       # optimiser steps between cache refreshes
+    cache_shards: int = 0          # seeded parts of each cache, split among processes (0: one per process); fixed, runs on any number of processes dividing it agree
     lr: float = 1e-3               # Adam learning rate at the start of each stage
     lr_decay: float = 0.1          # the learning rate falls (cosine) to lr * lr_decay by the end of each stage
     ema_rate: float = 0.999        # EMA of the weights used to simulate and sample; 0 disables
@@ -57,6 +58,9 @@ class Config:
     warm_start: bool = True        # start each stage from the previous network of its direction
     seed: int = 0                  # seeds initialisation, data, caches and batches
     device: str = "auto"           # 'auto', 'cpu', 'cuda', 'cuda:N'
+    precision: str = "fp32"        # 'fp32', or 'bf16': networks run under bf16 autocast (fp32 weights; drift added and targets formed in fp32)
+    compile: bool = False          # torch.compile the training step's network and the cache simulation (compile time counted in the run)
+    channels_last: bool = False    # images: networks in channels_last memory format (faster convolutions on GPUs)
     out_dir: str = "runs"          # runs are written to out_dir/run_name
     run_name: str = ""             # '' -> '<data>-<date>-<time>'; an existing name gets a suffix, never overwritten
     resume: str = ""               # path of a run directory to continue from its last checkpoint
@@ -113,9 +117,16 @@ def make_config(**params) -> Config:
     check_one_of("parameter solver", cfg.solver, SOLVERS)
     check_one_of("parameter gamma_space", cfg.gamma_space, SPACES)
     check_one_of("parameter time_sampling", cfg.time_sampling, STEP_WEIGHTS)
+    check_one_of("parameter precision", cfg.precision, ("fp32", "bf16"))
+    if cfg.precision == "bf16" and cfg.mean_match:
+        raise ValueError("parameter precision='bf16' needs mean_match=False: the mean x + drift and the mean-matching target "
+                         "are formed in fp32 only with the drift parametrisation (05_models)")
     for name in ("data_dim", "num_steps", "n_ipf", "num_iter", "batch_size", "cache_refresh", "checkpoint_every"):
         check_int(f"parameter {name}", getattr(cfg, name), 1)
     check_int("parameter cache_npar", cfg.cache_npar, 2); check_int("parameter eval_npar", cfg.eval_npar, 2)
+    check_int("parameter cache_shards", cfg.cache_shards, 0)
+    if cfg.cache_shards > cfg.cache_npar:
+        raise ValueError(f"parameter cache_shards={cfg.cache_shards} must be <= cache_npar={cfg.cache_npar} (every shard simulates at least one chain)")
     check_int("parameter image_size", cfg.image_size, 0); check_int("parameter max_images", cfg.max_images, 0)
     for name in ("gamma_min", "gamma_max", "lr", "var_final"): check_positive(f"parameter {name}", getattr(cfg, name))
     check_positive("parameter grad_clip", cfg.grad_clip, allow_zero=True)

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor
+from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['get_device', 'seed_everything', 'derive_seed', 'tune_malloc', 'DevicePolicy', 'device_policy', 'append_dims',
-           'sum_except_batch', 'mean_except_batch', 'check_positive', 'check_int', 'as_f64', 'check_cov', 'sqrtm_psd',
-           'relative_error', 'NoSpaceError', 'atomic_write', 'close_matches', 'check_one_of', 'Registry']
+__all__ = ['get_device', 'seed_everything', 'derive_seed', 'tune_malloc', 'DevicePolicy', 'device_policy', 'init_distributed',
+           'append_dims', 'sum_except_batch', 'mean_except_batch', 'check_positive', 'check_int', 'as_f64', 'check_cov',
+           'sqrtm_psd', 'relative_error', 'NoSpaceError', 'atomic_write', 'close_matches', 'check_one_of', 'Registry']
 
 # %% ../nbs/00_core.ipynb #74beb03c
 def get_device(device: str = "auto") -> torch.device:
@@ -75,6 +77,8 @@ def tune_malloc(mmap_threshold: int = 256 << 20, trim_threshold: int = 512 << 20
 class DevicePolicy:
     "Every device-dependent rule of training in one place: cache chunking, when losses are read back, generators, malloc tuning."
     device: torch.device
+    rank: int = 0    # this process among `world` processes training together (torch.distributed)
+    world: int = 1   # processes training together; 1: a single process
 
     @property
     def cache_chunk(self) -> int | None:
@@ -95,8 +99,72 @@ class DevicePolicy:
         if self.device.type == "cpu": tune_malloc()
 
 def device_policy(device="auto") -> DevicePolicy:
-    "The `DevicePolicy` of a device name (validated by `get_device`)."
-    return DevicePolicy(get_device(device))
+    "The `DevicePolicy` of a device name (validated by `get_device`); in a process group, this process's rank, world size and GPU."
+    dev = get_device(device)
+    if not (dist.is_available() and dist.is_initialized()): return DevicePolicy(dev)
+    if dev.type == "cuda" and dev.index is None: dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return DevicePolicy(dev, dist.get_rank(), dist.get_world_size())
+
+# %% ../nbs/00_core.ipynb #4411ae95
+def init_distributed(device: str = "auto") -> bool:
+    "Join the process group `torchrun` describes (env `WORLD_SIZE` > 1): NCCL on CUDA, gloo on the CPU; True if this call made it."
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized(): return False
+    cuda = get_device(device).type == "cuda"
+    if cuda: torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return True
+
+@patch
+def rows(self: DevicePolicy, n: int) -> slice:
+    "This process's rows of a global batch of `n` (`n` must divide evenly among the processes)."
+    if n % self.world: raise ValueError(f"parameter batch_size={n} must be a multiple of the number of processes ({self.world})")
+    k = n // self.world
+    return slice(self.rank * k, (self.rank + 1) * k)
+
+@patch
+def wrap(self: DevicePolicy, net: torch.nn.Module) -> torch.nn.Module:
+    "The network a training step calls: `net` itself, or `net` in `DistributedDataParallel` (same parameters, gradients averaged)."
+    if self.world == 1: return net
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+@patch
+def mean_over_ranks(self: DevicePolicy, x: Tensor) -> Tensor:
+    "The mean of `x` over the processes (every process gets it)."
+    if self.world == 1: return x
+    x = x.clone(); dist.all_reduce(x); return x / self.world
+
+@patch
+def gather(self: DevicePolicy, x: Tensor, dim: int = 0) -> Tensor:
+    "Every process's `x` concatenated along `dim` in rank order (sizes along `dim` may differ)."
+    if self.world == 1: return x
+    n = torch.tensor([x.shape[dim]], device=self.device)
+    sizes = [torch.zeros_like(n) for _ in range(self.world)]; dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    pad = list(x.shape); pad[dim] = max(sizes) - x.shape[dim]
+    x = torch.cat([x, x.new_zeros(pad)], dim).contiguous()
+    parts = [torch.empty_like(x) for _ in range(self.world)]; dist.all_gather(parts, x)
+    return torch.cat([p.narrow(dim, 0, s) for p, s in zip(parts, sizes)], dim)
+
+@patch
+def broadcast(self: DevicePolicy, obj):
+    "Rank 0's `obj` (anything picklable), on every process."
+    if self.world == 1: return obj
+    box = [obj]; dist.broadcast_object_list(box, src=0); return box[0]
+
+@patch
+def check_same(self: DevicePolicy, tensors, what: str) -> None:
+    "Raise `RuntimeError` unless `tensors` are bitwise the same on every process (compared through a checksum)."
+    if self.world == 1: return
+    s = torch.stack([t.detach().double().sum() for t in tensors]).sum().reshape(1)
+    lo, hi = s.clone(), s.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN); dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    if lo != hi: raise RuntimeError(f"{what} differ between processes (checksums {lo.item()!r} to {hi.item()!r})")
+
+@patch(as_prop=True)
+def is_main(self: DevicePolicy) -> bool:
+    "Whether this process writes files (rank 0)."
+    return self.rank == 0
 
 # %% ../nbs/00_core.ipynb #2702881b
 def append_dims(x: Tensor, target_dims: int) -> Tensor:

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import copy
+import math
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -13,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from fastcore.basics import patch
 
-from .core import check_int, derive_seed
+from .core import DevicePolicy, check_int, derive_seed, device_policy
 from .reference import Schedule, ReferenceMean, sample_chain, sample_path
 from .reversal import mean_matching_target, mean_matching_loss
 from .models import make_model
@@ -21,7 +23,8 @@ from .data import DataSpec
 from .trainer import Solver, SOLVERS
 
 # %% auto #0
-__all__ = ['STEP_WEIGHTS', 'Cache', 'build_cache', 'Direction', 'DSB', 'dsb_solver']
+__all__ = ['STEP_WEIGHTS', 'Cache', 'build_cache', 'shard_sizes', 'build_shards', 'Direction', 'DSB', 'available_memory',
+           'check_cache_memory', 'dsb_solver']
 
 # %% ../nbs/10_ipf.ipynb #6d272a35
 @dataclass
@@ -68,6 +71,31 @@ def build_cache(sample_fn: Callable, # mean function that simulates the chain, `
     return Cache(xs.reshape(N * npar, *x0.shape[1:]), targets.reshape(N * npar, *x0.shape[1:]),
                  t[1:].to(x0), npar)
 
+# %% ../nbs/10_ipf.ipynb #b4add648
+def shard_sizes(n: int, shards: int) -> list[int]:
+    "Sizes of `shards` nearly equal parts of `n` (the first `n % shards` are one larger)."
+    return [n // shards + (s < n % shards) for s in range(shards)]
+
+def build_shards(sample_fn: Callable, # mean function that simulates the chain
+                 start: Callable,     # `start(n, generator) -> (n, *shape)` starting states
+                 npar: int,           # chains in the whole cache
+                 t: Tensor, gammas: Tensor, # the grid in travel order
+                 seed: int,           # the block's seed; shard s uses streams (seed, s, 0) and (seed, s, 1)
+                 shards: int,         # independently seeded parts, a multiple of `policy.world`
+                 policy: DevicePolicy, # device, chunk size, this process's rank and the number of processes
+                ) -> Cache:
+    "A cache of `npar` chains built in `shards` independently seeded shards, split among the processes and gathered in shard order."
+    if shards % policy.world:
+        raise ValueError(f"parameter cache_shards={shards} must be a multiple of the number of processes ({policy.world})")
+    sizes, per = shard_sizes(npar, shards), shards // policy.world
+    xs, targets = [], []
+    for s in range(policy.rank * per, (policy.rank + 1) * per):
+        x0 = start(sizes[s], torch.Generator().manual_seed(derive_seed(seed, s, 0))).to(policy.device)
+        c = build_cache(sample_fn, x0, t, gammas, generator=policy.generator(derive_seed(seed, s, 1)), chunk=policy.cache_chunk)
+        xs.append(c.x.unflatten(0, (c.num_steps, c.npar))); targets.append(c.target.unflatten(0, (c.num_steps, c.npar)))
+    x, target = policy.gather(torch.cat(xs, 1), 1), policy.gather(torch.cat(targets, 1), 1)
+    return Cache(x.flatten(0, 1), target.flatten(0, 1), c.t, npar)
+
 # %% ../nbs/10_ipf.ipynb #46fb7538
 @dataclass
 class Direction:
@@ -101,9 +129,11 @@ class DSB(Solver):
                  cache_npar: int = 1024,      # chains simulated per cache
                  step_weights: Callable = None, # gammas (N,) in travel order -> (N,) weights of each step in a batch; None: uniform
                  warm_start: bool = True,     # start each stage from the previous network of that direction
+                 cache_shards: int = 0,       # seeded parts of each cache, split among processes (0: one per process)
                 ):
         self.forward, self.backward, self.reference = forward, backward, reference
         self.cache_npar, self.step_weights, self.warm_start = check_int("cache_npar", cache_npar, 2), step_weights, warm_start
+        self.cache_shards = check_int("cache_shards", cache_shards, 0)
 
     def pair(self, stage: int) -> tuple[Direction, Direction]:
         "`(train, sample)` directions of a stage: stage 0 trains backward on forward chains, stage 1 the reverse."
@@ -121,13 +151,17 @@ class DSB(Solver):
         if tr.step == 0 and not self.warm_start: train.reset()
         self.probs = None if self.step_weights is None else self.step_weights(sample.grid[1]).float().to(tr.device)
     def refresh(self, tr):
-        sample = self.pair(tr.stage)[1]
+        sample, fn = self.pair(tr.stage)[1], tr.compiled(self.sample_fn(tr.iteration, tr.stage))
+        shards = self.cache_shards or tr.policy.world
+        if shards > 1:
+            self.cache = build_shards(fn, sample.start, self.cache_npar, *sample.grid, tr.block_seed(0), shards, tr.policy)
+            return
         x0 = sample.start(self.cache_npar, torch.Generator().manual_seed(tr.block_seed(0))).to(tr.device)
-        self.cache = build_cache(self.sample_fn(tr.iteration, tr.stage), x0, *sample.grid, generator=tr.generator,
-                                 chunk=tr.policy.cache_chunk)
+        self.cache = build_cache(fn, x0, *sample.grid, generator=tr.generator, chunk=tr.policy.cache_chunk)
     def loss(self, tr):
         x, target, t = self.cache.sample(tr.batch_size, tr.generator, self.probs)
-        return mean_matching_loss(self.pair(tr.stage)[0].net, x, t, target)
+        rows = tr.policy.rows(tr.batch_size)          # every process draws the same batch and fits its own rows
+        return mean_matching_loss(tr.net, x[rows], t[rows], target[rows])
 
     def state_dict(self):
         return {d.name: {"net": d.net.state_dict(), "ema": d.ema.state_dict()} for d in (self.forward, self.backward)}
@@ -149,6 +183,34 @@ def to_prior(self: DSB, x: Tensor, generator: torch.Generator = None, path: bool
     return (sample_path if path else sample_chain)(self.forward.ema, x, *self.forward.grid, generator=generator, noise_last=True)
 
 # %% ../nbs/10_ipf.ipynb #701b25dc
+def available_memory(device: torch.device) -> int:
+    "Bytes free on `device`: CUDA `mem_get_info`, else the system's `MemAvailable` (or free pages)."
+    device = torch.device(device)
+    if device.type == "cuda": return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"): return int(line.split()[1]) * 1024
+    except OSError: pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+def check_cache_memory(npar: int, num_steps: int, shape: tuple, device: torch.device,
+                       nets=(),                # the networks trained (4 fp32 copies each: weights, EMA, gradient, 2 Adam moments)
+                       available: int = None,  # bytes free (default: `available_memory(device)`)
+                       copies: int = 2,        # caches alive at once while a new one is built
+                      ) -> int:
+    "Estimated bytes of caches and networks; raise `ValueError` naming `cache_npar` and a value that fits if they exceed 3/4 of the free memory."
+    per_chain = 2 * num_steps * math.prod(shape) * 4
+    fixed = 5 * sum(p.numel() * 4 for net in nets for p in net.parameters())
+    need = copies * npar * per_chain + fixed
+    budget = 0.75 * (available_memory(device) if available is None else available)
+    if need > budget:
+        fit = max(int((budget - fixed) // (copies * per_chain)), 0)
+        raise ValueError(f"parameter cache_npar={npar}: caches of {npar} chains x {num_steps} steps of shape {tuple(shape)} need about "
+                         f"{need / 2**30:.1f} GiB, more than 3/4 of the {budget / 0.75 / 2**30:.1f} GiB free on {device}. "
+                         f"Lower cache_npar to {fit} or less (or num_steps), or train on a device with more memory.")
+    return need
+
+# %% ../nbs/10_ipf.ipynb #7261a6be
 @SOLVERS.register("dsb")
 def dsb_solver(cfg, # a run config (`dsb.config.Config`)
                data: DataSpec, # the two ends of the bridge (`dsb.data.make_data(cfg)`)
@@ -161,7 +223,8 @@ def dsb_solver(cfg, # a run config (`dsb.config.Config`)
     forward = Direction("forward", net_f, data.data, schedule.forward_grid())
     backward = Direction("backward", net_b, data.prior, schedule.backward_grid())
     reference = ReferenceMean(schedule, cfg.mean_final, cfg.var_final).to(device)
+    check_cache_memory(cfg.cache_npar, cfg.num_steps, data.shape, device, nets=(net_f, net_b))
     solver = DSB(forward, backward, reference, cache_npar=cfg.cache_npar,
-                 step_weights=STEP_WEIGHTS[cfg.time_sampling], warm_start=cfg.warm_start)
+                 step_weights=STEP_WEIGHTS[cfg.time_sampling], warm_start=cfg.warm_start, cache_shards=cfg.cache_shards)
     solver.schedule = schedule
     return solver

@@ -104,12 +104,16 @@ class MLP(nn.Module):
 # %% ../nbs/05_models.ipynb #74f35157
 class ResidualMean(nn.Module):
     "Drift parametrisation of a mean function: `mean_fn(x, t) = x + net(x, t)` (original DSB, `mean_match=False`)."
-    def __init__(self, net: nn.Module):  # any network net(x, t) -> Tensor like x
+    def __init__(self, net: nn.Module,   # any network net(x, t) -> Tensor like x
+                 autocast: torch.dtype = None, # e.g. torch.bfloat16: run `net` under autocast; the sum x + drift stays in x's dtype
+                ):
         super().__init__()
-        self.net = net
+        self.net, self.autocast = net, autocast
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return x + self.net(x, t)
+        if self.autocast is None: return x + self.net(x, t)
+        with torch.autocast(x.device.type, dtype=self.autocast): drift = self.net(x, t)
+        return x + drift.to(x.dtype)
 
 # %% ../nbs/05_models.ipynb #e43db97d
 MODELS = Registry("model")
@@ -125,9 +129,11 @@ def mlp(cfg, # a run config (only the fields this model reads)
                          f"choose a model registered for that shape")
     return MLP(x_dim=shape[0], zero_init_last=zero_init_last)
 
-def make_model(cfg, # needs `cfg.model` and `cfg.mean_match`
+def make_model(cfg, # needs `cfg.model`, `cfg.mean_match` (and, if present, `precision`, `channels_last`)
                shape: tuple, # shape of one sample
               ) -> nn.Module:
     "The mean function `mean_fn(x, t)` of one direction: `MODELS[cfg.model]`, wrapped in `ResidualMean` unless `cfg.mean_match`."
     net = MODELS[cfg.model](cfg, tuple(shape), zero_init_last=not cfg.mean_match)
-    return net if cfg.mean_match else ResidualMean(net)
+    if getattr(cfg, "channels_last", False) and len(shape) == 3: net = net.to(memory_format=torch.channels_last)
+    autocast = torch.bfloat16 if getattr(cfg, "precision", "fp32") == "bf16" else None
+    return net if cfg.mean_match else ResidualMean(net, autocast=autocast)

@@ -5,6 +5,7 @@
 # %% ../nbs/18_run.ipynb #d095cbc1
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .core import derive_seed, device_policy, atomic_write, relative_error
+from .core import derive_seed, device_policy, init_distributed, atomic_write, relative_error
 from .reference import reference_transition
 from .data import DataSpec, make_data
 from .trainer import SOLVERS, Trainer, Callback, EMA, Progress, LossLogger, NonFiniteLossError
@@ -34,10 +35,12 @@ def build_trainer(cfg: Config, # a validated config
                  ) -> Trainer:
     "The `Trainer` of a config: the solver it names, built on `data`, with EMA, loss log and progress callbacks."
     policy = device_policy(cfg.device)
+    policy.rows(cfg.batch_size)                   # several processes: the batch must split evenly
     solver = SOLVERS[cfg.solver](cfg, data, policy.device)
+    progress = [Progress()] if cfg.progress and policy.is_main else []
     return Trainer(solver, iterations=cfg.n_ipf, steps=cfg.num_iter, batch_size=cfg.batch_size, block=cfg.cache_refresh,
-                   lr=cfg.lr, lr_decay=cfg.lr_decay, grad_clip=cfg.grad_clip, seed=cfg.seed, policy=policy,
-                   callbacks=[EMA(cfg.ema_rate), LossLogger(), *([Progress()] if cfg.progress else []), *callbacks])
+                   lr=cfg.lr, lr_decay=cfg.lr_decay, grad_clip=cfg.grad_clip, seed=cfg.seed, policy=policy, compile=cfg.compile,
+                   callbacks=[EMA(cfg.ema_rate), LossLogger(), *progress, *callbacks])
 
 # %% ../nbs/18_run.ipynb #51f01816
 class Evaluate(Callback):
@@ -164,9 +167,15 @@ def _nan_advice(e: Exception, run_dir: Path, cfg: Config) -> NonFiniteLossError:
         f"  (or run(resume='{run_dir}', lr={lr:g}, grad_clip=1.0)); smaller gammas need a new run.")
 
 def run(config: Config = None, **params) -> dict:
-    "Train a bridge as configured (or resume one) in its own run directory; return the final metrics."
+    "Train a bridge as configured (or resume one) in its own run directory; return the final metrics. Under `torchrun`, one process of many."
     given = _given(config, params)
     cfg = make_config(**given)
+    owns_group = init_distributed(cfg.device)
+    try: return _run(cfg, given)
+    finally:
+        if owns_group: torch.distributed.destroy_process_group()
+
+def _run(cfg: Config, given: dict) -> dict:
     changes, state = {}, None
     if cfg.resume:
         run_dir = Path(cfg.resume)
@@ -177,34 +186,39 @@ def run(config: Config = None, **params) -> dict:
         cfg, changes = resume_config(saved, {k: getattr(cfg, k) for k in given}, str(path))
     data = make_data(cfg)
     trainer = build_trainer(cfg, data)            # validates the solver and its networks before anything is written
+    main = trainer.policy.is_main                 # only rank 0 of several processes writes files
     if cfg.resume:
         state = load_checkpoint(run_dir)
         if state is not None: _check_checkpoint(state, cfg, run_dir); _load_into(trainer, state, run_dir)
-        for tmp in run_dir.glob("*.tmp"): tmp.unlink()          # a write cut short by a kill
+        trainer.policy.broadcast(None)            # every process has read the checkpoint before rank 0 cleans up
+        if main:
+            for tmp in run_dir.glob("*.tmp"): tmp.unlink()          # a write cut short by a kill
         if changes:
-            write_config(run_dir, cfg)
+            if main: write_config(run_dir, cfg)
             trainer.log(event="resume", changes={k: list(v) for k, v in changes.items()})
     else:
-        run_dir = new_run_dir(cfg, data.name)
-        write_config(run_dir, cfg)
+        run_dir = trainer.policy.broadcast(new_run_dir(cfg, data.name) if main else None)
+        if main: write_config(run_dir, cfg)
     trainer.policy.setup()
     evaluate = Evaluate(cfg, data)
     extra = {"config": json.dumps({**asdict(cfg), "resume": ""})}
-    trainer.callbacks += [evaluate, Checkpointer(run_dir, cfg.checkpoint_every, extra)] + ([SavePlots(run_dir, evaluate)] if cfg.plots else [])
-    atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in trainer.history))
+    trainer.callbacks += [evaluate]
+    if main: trainer.callbacks += [Checkpointer(run_dir, cfg.checkpoint_every, extra)] + ([SavePlots(run_dir, evaluate)] if cfg.plots else [])
+    if main: atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in trainer.history))
     start, t0 = trainer.position, time.perf_counter()
-    with open(run_dir / "metrics.jsonl", "a") as log_file:
+    with open(run_dir / "metrics.jsonl", "a") if main else contextlib.nullcontext() as log_file:
         trainer.log_file = log_file
         try: trainer.fit()
-        except NonFiniteLossError as e: raise _nan_advice(e, run_dir, cfg) from None
+        except NonFiniteLossError as e: raise (_nan_advice(e, run_dir, cfg) if main else e) from None
     wall = time.perf_counter() - t0
     done = lambda p: (p[0] * trainer.solver.n_stages + p[1]) * cfg.num_iter + p[2]
     evals = [r for r in trainer.history if "eval" in r]
     summary = {**(evals[-1] if evals else {}), "run_dir": str(run_dir), "n_ipf": cfg.n_ipf, "solver": cfg.solver,
                "device": str(trainer.device), "wall_s": wall, "steps": done(trainer.position),
-               "iterations_per_s": (done(trainer.position) - done(start)) / wall}
+               "iterations_per_s": (done(trainer.position) - done(start)) / wall, "processes": trainer.policy.world}
     if hasattr(trainer.solver, "schedule"): summary["T"] = trainer.solver.schedule.T
-    atomic_write(run_dir / "metrics.json", json.dumps(summary, indent=1))
+    if main: atomic_write(run_dir / "metrics.json", json.dumps(summary, indent=1))
+    trainer.policy.broadcast(None)                # no process goes on before rank 0's files are written
     return summary
 
 # %% ../nbs/18_run.ipynb #03a8fabf

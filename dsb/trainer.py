@@ -35,7 +35,7 @@ class Solver:
     def refresh(self, trainer: Trainer) -> None:
         "New training data at a block boundary, drawn from `trainer.generator` / `trainer.block_seed(k)`."
     def loss(self, trainer: Trainer) -> Tensor:
-        "Per-sample losses `(B,)` of one batch of `trainer.batch_size`."
+        "Per-sample losses of this process's rows `trainer.policy.rows(batch_size)` of one batch, through `trainer.net`."
         raise NotImplementedError
     def state_dict(self) -> dict: return {}
     def load_state_dict(self, state: dict) -> None: pass
@@ -74,6 +74,7 @@ class Trainer:
                  grad_clip: float = 1.0,     # max gradient norm; 0 disables clipping
                  seed: int = 0,
                  policy: DevicePolicy = None, # device rules; default: the device of the first trained network
+                 compile: bool = False,      # `torch.compile` the network of the training step (and `compiled(fn)` for solvers)
                  callbacks=()):
         for name in ("iterations", "steps", "batch_size", "block"): check_int(name, locals()[name])
         check_positive("lr", lr); check_positive("grad_clip", grad_clip, allow_zero=True)
@@ -85,6 +86,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.position, self.history, self.opt, self._opt_state = (0, 0, 0), [], None, None
         self.log_file = None
+        self.compile, self._compiled = compile, {}
 
     def callback(self, event: str):
         "Call `event` on every callback that defines it, in `order`."
@@ -109,6 +111,12 @@ class Trainer:
     @property
     def stage_name(self) -> str: return self.solver.stage_name(self.iteration, self.stage)
 
+    def compiled(self, fn):
+        "`fn` through `torch.compile` if `compile` (one compiled wrapper per object, kept for the whole run), else `fn`."
+        if not self.compile: return fn
+        if id(fn) not in self._compiled: self._compiled[id(fn)] = (fn, torch.compile(fn))
+        return self._compiled[id(fn)][1]
+
 # %% ../nbs/09_trainer.ipynb #59515552
 @patch
 def run_stage(self: Trainer, start_step: int = 0):
@@ -117,6 +125,7 @@ def run_stage(self: Trainer, start_step: int = 0):
     self.step = start_step
     self.solver.begin_stage(self)
     params = [p for p in net.parameters() if p.requires_grad]
+    self.net = self.compiled(self.policy.wrap(net))   # what `solver.loss` calls: `net`, or `net` in DDP (one process of many)
     self.opt = adam(params, self.lr)
     if self._opt_state is not None: self.opt.load_state_dict(self._opt_state); self._opt_state = None
     self.callback("before_stage")
@@ -133,7 +142,7 @@ def run_stage(self: Trainer, start_step: int = 0):
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip > 0: nn.utils.clip_grad_norm_(params, self.grad_clip, foreach=True)
-        self.loss = loss.detach()
+        self.loss = self.policy.mean_over_ranks(loss.detach())   # the global batch's loss on every process
         i = self.step % self.block
         block_losses[i] = self.loss
         if each_step: self.check_finite(block_losses[i:i + 1], self.step)
@@ -142,6 +151,7 @@ def run_stage(self: Trainer, start_step: int = 0):
         if not each_step and (i == self.block - 1 or self.step == self.steps - 1):
             self.check_finite(block_losses[:i + 1], self.step - i)
     self.step = self.steps
+    self.policy.check_same(params, f"after {self.stage_name} of iteration {self.iteration}, the weights (does solver.loss call trainer.net?)")
     last = self.stage == self.solver.n_stages - 1
     if last: self.callback("after_iteration")
     self.position = (self.iteration + 1, 0, 0) if last else (self.iteration, self.stage + 1, 0)
