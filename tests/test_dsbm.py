@@ -157,3 +157,12 @@ def test_dsb_flow_refuses_other_step_counts():
     assert torch.equal(solver.ode_to_data(x), solver.ode_to_data(x, steps=20))          # deterministic, the chain's grid
     with pytest.raises(ValueError, match="ode_steps=7: DSB's probability flow runs on its chain's grid of num_steps=20"):
         solver.ode_to_data(x, steps=7)
+
+
+def test_bench_solvers_quick_prints_the_table():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "solvers", "--quick"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    for part in ("gaussian", "2d", "transfer"):
+        for solver in ("dsb", "dsbm"): assert any(l.startswith(part) and f" {solver} " in l for l in lines), (part, solver, out.stdout)
+    assert "cross-cov err (SDE)" in out.stdout and "SW2/floor: SDE" in out.stdout and "ODE" in out.stdout
