@@ -5,6 +5,8 @@ Prints figures; asserts nothing about time. Usage:
     python bench/bench.py speed                 # iterations/s and cache build time (paper 2d config)
     python bench/bench.py quality               # SW2 vs noise floor on scurve, checker, 8gaussians
     python bench/bench.py gaussian              # d=5 coupling vs closed form and DSB's exact iterate (04's GAUSSIAN_BENCHMARK)
+    python bench/bench.py solvers               # DSB vs DSBM: Gaussian d=5, 20 at T=0.5, 1, 2; 2d and transfer SW2/floor, SDE and ODE
+    python bench/bench.py solvers --only 2d     # one part of the solver table: gaussian, 2d or transfer
     python bench/bench.py all --device cuda     # everything, on a GPU
     python bench/bench.py speed --quick         # tiny sizes (what the tests run)
 
@@ -29,6 +31,10 @@ from dsb.config import make_config
 from dsb.data import make_data
 from dsb.run import run, build_trainer
 from dsb.gaussian import GAUSSIAN_BENCHMARK, gaussian_problem
+from dsb.trainer import CancelFit
+from dsb.core import relative_error
+from dsb.metrics import sliced_wasserstein, coupling_moments
+from dsb.data import TRANSFER_PAIRS
 
 OUT = Path(__file__).parent / "out"
 
@@ -141,6 +147,124 @@ def gaussian(device, quick=False, **overrides):
             "wall_s": s["wall_s"]}
 
 
+# The solver table (issue 10). Budgets: the Gaussian rows train a fixed number of steps (stated in the
+# table); the 2d and transfer rows train until a wall-clock budget (2 minutes by default) is spent,
+# stopping at the end of an iteration, then sample 10,000 points per draw against 10,000 held-out.
+# DSBM is measured against the continuous-time bridge, so its Euler grid must be fine: at N = 100 and
+# T = 2, Euler's own error in the reference's a_T = exp(-T) is (1 - T/N)^N / exp(-T) - 1 = 2 %.
+SOLVER_GAUSSIAN = {  # per solver: chain steps N (DSBM's Euler grid may be finer than DSB's chain), budget
+    "dsb": dict(num_steps=20, n_ipf=4, num_iter=1000, cache_npar=4000, cache_refresh=100),
+    "dsbm": dict(num_steps=400, ode_steps=400, n_ipf=5, num_iter=1500, cache_npar=10000, cache_refresh=500),
+}
+SOLVER_2D = {"dsb": dict(n_ipf=50, num_iter=1000), "dsbm": dict(n_ipf=50, num_iter=1000, cache_refresh=250, cache_npar=5000)}
+
+
+class Budget(Callback):
+    "Stop at the end of the first iteration after which another one would overrun `seconds` of this process's CPU time (evaluation included)."
+    order = 90
+    def __init__(self, seconds): self.seconds = seconds
+    # CPU time, not wall time: on a shared machine wall time measures the neighbours; with one thread
+    # (OMP_NUM_THREADS=1) CPU seconds are the wall seconds of an idle core
+    def before_fit(self, tr): self.t0 = self.t_it = time.process_time(); self.longest = 0.
+    def after_iteration(self, tr):
+        now = time.process_time(); self.longest = max(self.longest, now - self.t_it); self.t_it = now
+        self.iterations = tr.iteration + 1
+        if now - self.t0 + self.longest > self.seconds: raise CancelFit
+    def after_fit(self, tr): self.cpu = time.process_time() - self.t0
+
+
+def _train(params, device, budget_s=None):
+    cfg = make_config(**params, device=str(device), progress=False, plots=False)
+    data = make_data(cfg)
+    cbs = [Budget(budget_s)] if budget_s else []
+    tr = build_trainer(cfg, data, cbs)
+    t0, c0 = time.perf_counter(), time.process_time()
+    tr.fit()
+    return tr, cfg, data, {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+
+
+@torch.no_grad()
+def _sample_scores(tr, data, draws, n, device):
+    "SW2 of generated (SDE and ODE) vs held-out data, and of two held-out samples (the floor), over `draws` draws: mean and std."
+    out = {"sde": [], "ode": [], "floor": []}
+    g = lambda k: torch.Generator().manual_seed(k)
+    for k in range(draws):
+        prior, held, held2 = data.prior(n, g(10 + k)).to(device), data.data(n, g(1000 + k)), data.data(n, g(2000 + k))
+        sw = lambda x: float(sliced_wasserstein(x.float().cpu(), held, generator=g(3000 + k)))
+        out["sde"].append(sw(tr.solver.to_data(prior, torch.Generator(device).manual_seed(4000 + k))))
+        out["ode"].append(sw(tr.solver.ode_to_data(prior)))
+        out["floor"].append(sw(held2))
+    res = {}
+    for key, vals in out.items():
+        res[key], res[key + "_std"] = statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.
+    for key in ("sde", "ode"):
+        ratios = [a / b for a, b in zip(out[key], out["floor"])]
+        res[key + "_ratio"], res[key + "_ratio_std"] = statistics.mean(ratios), statistics.stdev(ratios) if len(ratios) > 1 else 0.
+    return res
+
+
+def _gaussian_row(solver, d, T, device, quick):
+    from dsb.run import solver_transition
+    p = dict(SOLVER_GAUSSIAN[solver])
+    if quick: p.update(n_ipf=1, num_iter=50, cache_npar=300, cache_refresh=25, num_steps=10, **({"ode_steps": 10} if solver == "dsbm" else {}))
+    gamma = T / p["num_steps"]
+    tr, cfg, data, times = _train(dict(p, dataset="gaussian", data_dim=d, gamma_min=gamma, gamma_max=gamma, solver=solver), device)
+    exact = data.exact_cross_cov(*solver_transition(tr.solver, cfg.var_final))
+    m = 2000 if quick else 100_000
+    x, prior = data.data(m, torch.Generator().manual_seed(5)).to(device), data.prior(m, torch.Generator().manual_seed(7)).to(device)
+    with torch.no_grad():
+        sde = tr.solver.to_prior(x, torch.Generator(device).manual_seed(6))
+        gen_sde, gen_ode = tr.solver.to_data(prior, torch.Generator(device).manual_seed(8)), tr.solver.ode_to_data(prior)
+    err = lambda y: relative_error(coupling_moments(x.cpu(), y.cpu()), exact).item()
+    cov = torch.cov(data.data(m, torch.Generator().manual_seed(9)).double().T)    # the ODE's coupling is a map, not the bridge's: only its marginal is measured
+    cov_err = lambda y: relative_error(torch.cov(y.double().cpu().T), cov).item()
+    budget = f"N={cfg.num_steps} {cfg.n_ipf}x2x{cfg.num_iter} steps, batch {cfg.batch_size}, {cfg.cache_npar} per refresh"
+    return {"part": "gaussian", "solver": solver, "d": d, "T": T, "err_sde": err(sde), "cov_err_sde": cov_err(gen_sde),
+            "cov_err_ode": cov_err(gen_ode), "budget": budget, **times}
+
+
+def _points_row(part, name, solver, device, quick, budget_s, draws, n, **extra):
+    p = dict(SOLVER_2D[solver], **extra)
+    if quick: p.update(n_ipf=2, num_iter=50, cache_npar=300, cache_refresh=25)
+    tr, cfg, data, times = _train(dict(p, solver=solver), device, None if quick else budget_s)
+    scores = _sample_scores(tr, data, 2 if quick else draws, 500 if quick else n, device)
+    it = tr.position[0] if tr.position[1] == 0 and tr.position[2] == 0 else tr.position[0] + 1
+    budget = f"{it}x2x{cfg.num_iter} steps"
+    return {"part": part, "solver": solver, "data": name, **scores, "budget": budget, **times}
+
+
+def solvers(device, quick=False, only=None, budget_s=120., draws=5, n=10_000, dims=(5, 20), horizons=(0.5, 1., 2.), tag="",
+            names=("dsb", "dsbm"), data=None):
+    "DSB vs DSBM: Gaussian cross-covariance vs the closed form; 2d and transfer SW2 / floor with SDE and ODE sampling; wall times."
+    rows = []
+    def add(row):
+        rows.append(row); _show_solver_row(row)
+        if not quick: (OUT / f"solvers{tag}-{device.type}.json").write_text(json.dumps({"device": str(device), "rows": rows}, indent=1))
+    if only in (None, "gaussian"):
+        for d in ((5,) if quick else dims):
+            for T in ((1.,) if quick else horizons):
+                for solver in names: add(_gaussian_row(solver, d, T, device, quick))
+    if only in (None, "2d"):
+        for name in (("scurve",) if quick else data or ("scurve", "checker", "8gaussians")):
+            for solver in names: add(_points_row("2d", name, solver, device, quick, budget_s, draws, n, data=name))
+    if only in (None, "transfer"):
+        for a, b in (TRANSFER_PAIRS[:1] if quick else [(a, b) for a, b in TRANSFER_PAIRS if not data or f"{a}-{b}" in data]):
+            for solver in names:
+                add(_points_row("transfer", f"{a}-{b}", solver, device, quick, budget_s, draws, n, data=a, data_transfer=b, transfer=True))
+    return {"device": str(device), "rows": rows}
+
+
+def _show_solver_row(r):
+    if r["part"] == "gaussian":
+        print(f"gaussian d={r['d']:<3d} T={r['T']:<4} {r['solver']:5s} cross-cov err (SDE) {100 * r['err_sde']:6.2f} %   "
+              f"data cov err: SDE {100 * r['cov_err_sde']:5.2f} %  ODE {100 * r['cov_err_ode']:5.2f} %"
+              f"   cpu {r['cpu_s']:5.0f} s  wall {r['wall_s']:5.0f} s   ({r['budget']})", flush=True)
+    else:
+        print(f"{r['part']:8s} {r['data']:18s} {r['solver']:5s} SW2/floor: SDE {r['sde_ratio']:.2f} ± {r['sde_ratio_std']:.2f}  "
+              f"ODE {r['ode_ratio']:.2f} ± {r['ode_ratio_std']:.2f}  (floor {r['floor']:.4f} ± {r['floor_std']:.4f})"
+              f"   cpu {r['cpu_s']:5.0f} s  wall {r['wall_s']:5.0f} s   ({r['budget']})", flush=True)
+
+
 def show(name, res):
     print(f"\n== {name} ({res.get('device')})")
     if name == "speed":
@@ -165,20 +289,27 @@ def show(name, res):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("speed", "quality", "gaussian", "all"))
+    p.add_argument("what", choices=("speed", "quality", "gaussian", "solvers", "all"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
+    p.add_argument("--only", choices=("gaussian", "2d", "transfer"), help="solvers: one part of the table")
+    p.add_argument("--budget", type=float, default=120., help="solvers: training CPU seconds (one thread) per 2d / transfer run")
+    p.add_argument("--dims", type=int, nargs="+", default=[5, 20], help="solvers: Gaussian dimensions")
+    p.add_argument("--solvers", nargs="+", default=["dsb", "dsbm"], choices=("dsb", "dsbm"), help="solvers: which solvers")
+    p.add_argument("--data", nargs="+", help="solvers: 2d data sets / transfer pairs ('scurve-circle') to run")
+    p.add_argument("--horizons", type=float, nargs="+", default=[0.5, 1., 2.], help="solvers: Gaussian horizons T")
     a = p.parse_args(argv)
     device = get_device(a.device)
     if device.type == "cpu": tune_malloc()
     OUT.mkdir(parents=True, exist_ok=True)
     results = {}
-    for name, fn in (("speed", speed), ("quality", quality), ("gaussian", gaussian)):
+    for name, fn in (("speed", speed), ("quality", quality), ("gaussian", gaussian), ("solvers", solvers)):
         if a.what in (name, "all"):
-            res = fn(device, quick=a.quick)
+            res = fn(device, quick=a.quick, only=a.only, budget_s=a.budget, dims=a.dims, horizons=a.horizons, names=a.solvers, data=a.data,
+                     tag="".join(f"-{x}" for x in [a.only or "all", *a.solvers])) if name == "solvers" else fn(device, quick=a.quick)
             results[name] = res
             show(name, res)
-            if not a.quick: (OUT / f"{name}-{device.type}.json").write_text(json.dumps(res, indent=1))
+            if not a.quick and name != "solvers": (OUT / f"{name}-{device.type}.json").write_text(json.dumps(res, indent=1))
     return results
 
 

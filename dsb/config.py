@@ -17,9 +17,10 @@ from .data import DATASETS
 from .trainer import SOLVERS
 from .ipf import STEP_WEIGHTS
 import dsb.unet, dsb.images  # noqa: F401 (imported for their registrations: the 'unet' model, the image data sets)
+import dsb.dsbm  # noqa: F401 (imported for its registration: the 'dsbm' solver)
 
 # %% auto #0
-__all__ = ['RESUMABLE', 'Config', 'check_names', 'import_plugins', 'make_config', 'notebook_params', 'resume_config']
+__all__ = ['SAMPLERS', 'RESUMABLE', 'Config', 'check_names', 'import_plugins', 'make_config', 'notebook_params', 'resume_config']
 
 # %% ../nbs/17_config.ipynb #17f50785
 @dataclass
@@ -39,7 +40,9 @@ class Config:
     model: str = "mlp"             # network, a name in dsb.models.MODELS: 'mlp' (the paper's 2d model)
     mean_match: bool = False       # True: the network outputs the mean; False: it outputs the drift, added to x
     attention_resolutions: str = "" # 'unet': pixel sizes with self-attention, e.g. '16,8' ('' : the configuration's own)
-    solver: str = "dsb"            # training method, a name in dsb.trainer.SOLVERS: 'dsb' (IPF with mean matching)
+    solver: str = "dsb"            # training method, a name in dsb.trainer.SOLVERS: 'dsb' (IPF with mean matching) or 'dsbm' (bridge matching)
+    sampler: str = "sde"           # sampler of the plots and the GIF: 'sde' or 'ode' (probability flow); metrics are logged for both
+    ode_steps: int = 0             # Euler steps of the probability-flow ODE (0: the chain's num_steps; 'dsb' allows only that)
     num_steps: int = 20            # N, steps of the chain
     gamma_min: float = 0.01        # smallest step size
     gamma_max: float = 0.01        # largest step size (middle of the mirrored schedule)
@@ -104,6 +107,17 @@ def import_plugins(plugins: str) -> None:
                              f"e.g. a file my_data.py in the working directory or on PYTHONPATH as 'my_data'") from None
 
 # %% ../nbs/17_config.ipynb #4b2ae8bc
+SAMPLERS = ("sde", "ode")
+
+def _check_sampler(cfg) -> None:
+    "The sampler parameters: `sampler` one of SAMPLERS, `ode_steps` >= 0, and for DSB (its networks know only the chain's grid) 0 or num_steps."
+    check_one_of("parameter sampler", cfg.sampler, SAMPLERS)
+    check_int("parameter ode_steps", cfg.ode_steps, 0)
+    if cfg.solver == "dsb" and cfg.ode_steps not in (0, cfg.num_steps):
+        raise ValueError(f"parameter ode_steps={cfg.ode_steps}: solver='dsb' runs its probability flow on the chain's grid of "
+                         f"num_steps={cfg.num_steps} steps; give 0 or {cfg.num_steps}, or use solver='dsbm' for any step count")
+
+# %% ../nbs/17_config.ipynb #ff3b577f
 def make_config(**params) -> Config:
     "A validated `Config` from keyword parameters: unknown names, wrong types and bad values raise `ValueError`."
     check_names(params)
@@ -115,6 +129,7 @@ def make_config(**params) -> Config:
     cfg = replace(cfg, **{k: v for k, v in own.items() if k not in params})
     check_one_of("parameter model", cfg.model, MODELS)
     check_one_of("parameter solver", cfg.solver, SOLVERS)
+    _check_sampler(cfg)
     check_one_of("parameter gamma_space", cfg.gamma_space, SPACES)
     check_one_of("parameter time_sampling", cfg.time_sampling, STEP_WEIGHTS)
     check_one_of("parameter precision", cfg.precision, ("fp32", "bf16"))
@@ -153,7 +168,8 @@ def notebook_params(namespace: dict, # the notebook's globals() after the parame
     return {k: namespace[k] for k in new if namespace[k] != defaults[k] or type(namespace[k]) is not type(defaults[k])}
 
 # %% ../nbs/17_config.ipynb #286b5cf2
-RESUMABLE = ("n_ipf", "lr", "lr_decay", "grad_clip", "ema_rate", "checkpoint_every", "eval_npar", "device", "plots", "progress", "data_dir")
+RESUMABLE = ("n_ipf", "lr", "lr_decay", "grad_clip", "ema_rate", "checkpoint_every", "eval_npar", "device", "plots", "progress", "data_dir",
+             "sampler", "ode_steps")
 
 def resume_config(saved: dict, # the resumed run's config.json
                   given: dict, # parameters passed with `resume` (validated values)

@@ -25,8 +25,8 @@ from .image_metrics import SCORERS
 from .plots import plot_samples, save_gif, image_grid, make_image_grid
 
 # %% auto #0
-__all__ = ['PLOTS', 'build_trainer', 'Evaluate', 'plot_points', 'gif_points', 'plot_images', 'gif_images', 'SavePlots',
-           'new_run_dir', 'write_config', 'run', 'load_run']
+__all__ = ['PLOTS', 'build_trainer', 'solver_transition', 'Evaluate', 'plot_points', 'gif_points', 'plot_images', 'gif_images',
+           'SavePlots', 'new_run_dir', 'write_config', 'run', 'load_run']
 
 # %% ../nbs/18_run.ipynb #5564b2ba
 def build_trainer(cfg: Config, # a validated config
@@ -43,6 +43,14 @@ def build_trainer(cfg: Config, # a validated config
                    callbacks=[EMA(cfg.ema_rate), LossLogger(), *progress, *callbacks])
 
 # %% ../nbs/18_run.ipynb #51f01816
+def solver_transition(solver, # a solver; one with `reference_transition()` names its own kernel
+                      var_final: float, # prior variance, for DSB's chain
+                     ) -> tuple[torch.Tensor, torch.Tensor]: # (a, v): x_T | x_0 ~ N(a x_0 + (1 - a) mu, v I)
+    "The reference kernel whose closed-form bridge a solver converges to: the solver's own, else that of DSB's chain on `solver.schedule`."
+    own = getattr(solver, "reference_transition", None)
+    return own() if own is not None else reference_transition(solver.schedule, var_final)
+
+# %% ../nbs/18_run.ipynb #9e67f044
 class Evaluate(Callback):
     "After every iteration, log SW2 of both ends against held-out samples (and the exact coupling error when known)."
     order = 50
@@ -57,17 +65,25 @@ class Evaluate(Callback):
         self.floor = self.sw2(self.data_heldout, self.data_heldout2)
         self.cross_cov = None
         if self.data.exact_cross_cov is not None:
-            self.cross_cov = self.data.exact_cross_cov(*reference_transition(tr.solver.schedule, self.cfg.var_final))
+            self.cross_cov = self.data.exact_cross_cov(*solver_transition(tr.solver, self.cfg.var_final))
         self.score = SCORERS[self.data.scorer](tr.device) if self.data.scorer else None   # e.g. the digit classifier
     @torch.no_grad()
     def after_iteration(self, tr):
         g = torch.Generator(tr.device).manual_seed(derive_seed(self.cfg.seed, 92, tr.iteration))
-        self.generated = tr.solver.to_data(self.prior_x, g)
-        self.pushed = tr.solver.to_prior(self.data_x, g)
-        rec = dict(sw2_data=self.sw2(self.generated, self.data_heldout), sw2_floor=self.floor,
-                   sw2_prior=self.sw2(self.pushed, self.prior_heldout))
-        if self.cross_cov is not None:
-            rec["cross_cov_error"] = relative_error(coupling_moments(self.data_x.cpu(), self.pushed.cpu()), self.cross_cov).item()
+        main, has = self.cfg.sampler, {"sde": True, "ode": hasattr(tr.solver, "ode_to_data")}
+        if not has[main]: raise ValueError(f"parameter sampler={main!r}: the solver {self.cfg.solver!r} has no such sampler")
+        names = [main] + [k for k in has if k != main and has[k] and self.data.kind == "points"]   # both, when cheap
+        rec = {}
+        for name in names:
+            if name == "sde": generated, pushed = tr.solver.to_data(self.prior_x, g), tr.solver.to_prior(self.data_x, g)
+            else: generated, pushed = tr.solver.ode_to_data(self.prior_x), tr.solver.ode_to_prior(self.data_x)
+            if name == main: self.generated, self.pushed = generated, pushed
+            suffix = "" if name == main else f"_{name}"
+            rec[f"sw2_data{suffix}"] = self.sw2(generated, self.data_heldout)
+            if name == main: rec["sw2_floor"] = self.floor
+            rec[f"sw2_prior{suffix}"] = self.sw2(pushed, self.prior_heldout)
+            if self.cross_cov is not None and name == "sde":   # the ODE couples by a deterministic map, not the bridge's coupling
+                rec[f"cross_cov_error{suffix}"] = relative_error(coupling_moments(self.data_x.cpu(), pushed.cpu()), self.cross_cov).item()
         if self.score is not None: rec.update(self.score(self.generated))
         self.last = rec
         tr.log(eval=tr.iteration + 1, **{k: float(v) for k, v in rec.items()})
@@ -118,7 +134,9 @@ class SavePlots(Callback):
     def after_fit(self, tr):
         if tr.position[0] < tr.iterations or self.n_gif == 0: return
         g = torch.Generator(tr.device).manual_seed(derive_seed(self.evaluate.cfg.seed, 93))
-        self.animation(tr.solver.to_data(self.evaluate.prior_x[:self.n_gif], g, path=True), self.run_dir, self.evaluate)
+        x = self.evaluate.prior_x[:self.n_gif]
+        path = tr.solver.ode_to_data(x, path=True) if self.evaluate.cfg.sampler == "ode" else tr.solver.to_data(x, g, path=True)
+        self.animation(path, self.run_dir, self.evaluate)
 
 # %% ../nbs/18_run.ipynb #f21bc95d
 def new_run_dir(cfg: Config, name: str) -> Path:

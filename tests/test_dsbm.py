@@ -1,0 +1,168 @@
+"The DSBM solver and the probability-flow sampler through the runner: 2d, Gaussian, transfer and image runs, papermill, kill-and-resume, bad parameters, exactness of the ODE."
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(solver="dsbm", n_ipf=2, num_iter=100, cache_refresh=25, checkpoint_every=25, cache_npar=200, batch_size=64,
+            eval_npar=400, progress=False, plots=False, data="moon")
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    "The uninterrupted DSBM run every interrupted one must end like."
+    from dsb.run import run
+    return run(**TINY, out_dir=str(tmp_path_factory.mktemp("full")), run_name="full")
+
+
+def _same_result(a: dict, b: dict):
+    for k in ("sw2_data", "sw2_prior", "sw2_data_ode", "sw2_prior_ode", "sw2_floor", "steps"): assert a[k] == b[k], k
+
+
+def test_dsbm_run_logs_both_samplers_and_learns(full):
+    assert full["solver"] == "dsbm" and full["steps"] == 2 * 2 * 100
+    for k in ("sw2_data", "sw2_prior", "sw2_data_ode", "sw2_prior_ode"): assert 0 < full[k] < 1.5, (k, full[k])
+    history = [json.loads(l) for l in (Path(full["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in history if r.get("name") == "training the backward drift" and r["iteration"] == 0]
+    assert losses[-1] < losses[0]                                 # the regression makes progress
+
+
+def test_killed_dsbm_run_resumes_bitwise(tmp_path, full):
+    "SIGKILL after a mid-stage checkpoint; the resumed run ends exactly like the uninterrupted one."
+    from dsb.run import run
+    from dsb.checkpoint import load_checkpoint
+    name = "killed"
+    code = f"from dsb.run import run\nrun(**{TINY!r}, out_dir={str(tmp_path)!r}, run_name={name!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run_dir, deadline = tmp_path / name, time.time() + 300
+    ready = lambda: (run_dir / "checkpoint.pt").exists() and load_checkpoint(run_dir)["position"] >= [0, 1, 25]
+    try:
+        while time.time() < deadline and proc.poll() is None and not ready(): time.sleep(0.01)
+        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-800:]
+        os.kill(proc.pid, signal.SIGKILL)
+    finally: proc.wait()
+    assert not (run_dir / "metrics.json").exists()
+    _same_result(run(resume=str(run_dir)), full)
+
+
+def test_resume_extends_a_finished_dsbm_run(tmp_path, full):
+    from dsb.run import run
+    first = run(**{**TINY, "n_ipf": 1}, out_dir=str(tmp_path), run_name="r")
+    with pytest.raises(ValueError, match="solver='dsb' differs from the run being resumed"): run(resume=first["run_dir"], solver="dsb")
+    _same_result(run(resume=first["run_dir"], n_ipf=2), full)
+
+
+def test_gaussian_dsbm_measures_against_its_own_reference(tmp_path):
+    "On 'gaussian' the cross-covariance is measured against the closed form for the continuous OU kernel (a_T, v_T)."
+    from dsb.run import run, solver_transition, build_trainer
+    from dsb.config import make_config
+    from dsb.data import make_data
+    from dsb.imf import LinearReference
+    params = dict(TINY, dataset="gaussian", data_dim=3, n_ipf=1, num_iter=60, eval_npar=2000, gamma_min=0.05, gamma_max=0.05)
+    s = run(**params, out_dir=str(tmp_path))
+    assert 0 <= s["cross_cov_error"] < 10 and "cross_cov_error_ode" not in s and s["T"] == pytest.approx(1.0)
+    cfg = make_config(**params)
+    a, v = solver_transition(build_trainer(cfg, make_data(cfg)).solver, cfg.var_final)
+    a_T, v_T = LinearReference.ou(1.0, 1.0).endpoint_transition()
+    assert (a.item(), v.item()) == pytest.approx((a_T, v_T), rel=1e-12)
+
+
+def test_transfer_and_dsb_ode(tmp_path):
+    "Transfer mode with DSBM and the ODE as the main sampler; DSB's probability flow through the runner."
+    from dsb.run import run
+    s = run(**dict(TINY, n_ipf=1, transfer=True, data="scurve", data_transfer="circle", sampler="ode", plots=True), out_dir=str(tmp_path))
+    assert {"sw2_data", "sw2_data_sde", "sw2_prior_sde"} <= set(s) and (Path(s["run_dir"]) / "bridge.gif").exists()
+    d = run(**dict(TINY, solver="dsb", n_ipf=1), out_dir=str(tmp_path))
+    assert d["sw2_data_ode"] > 0 and d["sw2_data_ode"] == d["sw2_data_ode"]
+
+
+def test_tiny_image_run_with_dsbm(tmp_path):
+    "The offline 8x8 digits through DSBM with the UNet: the same path as DSB's images."
+    from dsb.run import run
+    s = run(dataset="digits", solver="dsbm", n_ipf=1, num_iter=4, cache_refresh=2, cache_npar=4, batch_size=2, eval_npar=8,
+            num_steps=3, checkpoint_every=2, progress=False, out_dir=str(tmp_path))
+    assert s["steps"] == 2 * 4 and s["sw2_data"] == s["sw2_data"] and "sw2_data_ode" not in s    # ODE metrics only where cheap
+    assert (Path(s["run_dir"]) / "bridge.gif").exists()
+
+
+def test_papermill_solver_dsbm(tmp_path):
+    import papermill as pm
+    params = dict(solver="dsbm", n_ipf=1, num_iter=40, cache_refresh=20, cache_npar=200, batch_size=64, eval_npar=300,
+                  out_dir=str(tmp_path / "runs"), run_name="smoke", progress=False, data="checker", ode_steps=30)
+    pm.execute_notebook(str(ROOT / "nbs" / "train.ipynb"), str(tmp_path / "out.ipynb"), parameters=params, kernel_name="python3",
+                        cwd=str(tmp_path), progress_bar=False)
+    run_dir = tmp_path / "runs" / "smoke"
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["solver"] == "dsbm" and cfg["ode_steps"] == 30
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["solver"] == "dsbm" and m["steps"] == 2 * 40 and m["sw2_data_ode"] > 0
+
+
+@pytest.mark.parametrize("params,match", [
+    (dict(sampler="euler"), "parameter sampler='euler' is not allowed"),
+    (dict(ode_steps=-1), "ode_steps"),
+    (dict(ode_steps=2.5), "parameter ode_steps=2.5 must be an int"),
+    (dict(solver="dsb", ode_steps=50), "ode_steps=50: solver='dsb' runs its probability flow on the chain's grid of num_steps=20"),
+    (dict(solver="dsbmx"), "parameter solver='dsbmx' is not allowed .*choose one of 'dsb', 'dsbm'"),
+    (dict(solver="dsbm", dataset="gaussian", transfer=True), "transfer=True needs dataset='2d'"),
+])
+def test_bad_parameters_fail_before_any_output(tmp_path, params, match):
+    from dsb.run import run
+    with pytest.raises(ValueError, match=match.replace("(", r"\(").replace(")", r"\)")):
+        run(**{**TINY, **params}, out_dir=str(tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_probability_flow_is_exact_on_gaussians():
+    "float64: the velocity (f - b)/2 of the exact drifts is 11_imf's probability flow, and the ODE maps the prior end onto the data."
+    from dsb.dsbm import flow_velocity, flow_sample, uniform_grid, bridge_targets
+    from dsb.imf import LinearReference, GaussianCoupling, markov_drift_gaussian, probability_flow_gaussian
+    from dsb.static import gaussian_sb_cross_cov
+    from dsb.gaussian import gaussian_problem
+    d, T = 4, 2.0
+    ref = LinearReference.ou(T, var_final=1.)
+    m0, S0 = gaussian_problem(d, seed=0)
+    m1, S1 = torch.zeros(d, dtype=torch.float64), torch.eye(d, dtype=torch.float64)
+    sb = GaussianCoupling(m0, S0, m1, S1, gaussian_sb_cross_cov(S0, S1, *ref.endpoint_transition()).to(torch.float64))
+    drift = lambda direction: lambda x, t: (lambda K, c: x @ K[0].T + c[0])(*markov_drift_gaussian(ref, sb, (t * T).reshape(1), direction))
+    f, b = drift("forward"), drift("backward")
+    x = torch.randn(7, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for t in (0.05, 0.5, 0.95):
+        U, u = probability_flow_gaussian(ref, sb, torch.tensor([t * T], dtype=torch.float64))
+        assert torch.allclose(flow_velocity(f, b, x, torch.tensor(t, dtype=torch.float64)), x @ U[0].T + u[0], atol=1e-12, rtol=0)
+    L = torch.linalg.cholesky(S1)
+    out = flow_sample(f, b, torch.cat([m1[None], m1 + L.T]), *uniform_grid(2000, T, "backward"))
+    A = (out[1:] - out[0]).T
+    assert (out[0] - m0).norm() < 1e-2 * m0.norm() and (A @ A.T - S0).norm() < 1e-2 * S0.norm()
+    back = flow_sample(f, b, out, *uniform_grid(2000, T, "forward"))          # and back up: the flow is invertible
+    assert (back[0] - m1).norm() < 1e-2 and ((back[1:] - back[0]).T - L).norm() < 2e-2
+    # a wrong sign in the backward target would not reproduce the drift: the check can fail
+    x0, xT = sb.sample(50_000, torch.Generator().manual_seed(1))
+    xt, tf, tb = bridge_targets(ref, x0, xT, torch.full((50_000,), 1.0, dtype=torch.float64), torch.Generator().manual_seed(2))
+    X = torch.cat([xt, torch.ones(len(xt), 1, dtype=torch.float64)], 1)
+    K, c = markov_drift_gaussian(ref, sb, torch.tensor([1.0], dtype=torch.float64), "backward")
+    coef = torch.linalg.lstsq(X, tb).solution
+    assert (coef[:d].T - K[0]).norm() < 0.05 * K[0].norm() and (torch.linalg.lstsq(X, -tb).solution[:d].T - K[0]).norm() > K[0].norm()
+
+
+def test_dsb_flow_refuses_other_step_counts():
+    from dsb.config import make_config
+    from dsb.data import make_data
+    from dsb.run import build_trainer
+    cfg = make_config(n_ipf=1, progress=False)
+    solver = build_trainer(cfg, make_data(cfg)).solver
+    x = torch.randn(5, 2)
+    assert torch.equal(solver.ode_to_data(x), solver.ode_to_data(x, steps=20))          # deterministic, the chain's grid
+    with pytest.raises(ValueError, match="ode_steps=7: DSB's probability flow runs on its chain's grid of num_steps=20"):
+        solver.ode_to_data(x, steps=7)
+
+
+def test_bench_solvers_quick_prints_the_table():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "solvers", "--quick"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    for part in ("gaussian", "2d", "transfer"):
+        for solver in ("dsb", "dsbm"): assert any(l.startswith(part) and f" {solver} " in l for l in lines), (part, solver, out.stdout)
+    assert "cross-cov err (SDE)" in out.stdout and "SW2/floor: SDE" in out.stdout and "ODE" in out.stdout
