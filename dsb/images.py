@@ -344,7 +344,8 @@ IMAGE_DEFAULTS = {
     "emnist_mnist": dict(_PAPER, num_steps=30, n_ipf=20, cache_npar=1000, cache_refresh=1000),
     "celeba": dict(_PAPER, num_steps=50, var_final=0.5, n_ipf=20, cache_npar=300, num_iter=50000, random_flip=True, image_size=64),
     "folder": dict(_PAPER, num_steps=50, image_size=32),
-    "digits": dict(_PAPER, num_steps=20, lr=1e-3, mean_match=False, n_ipf=5, num_iter=600, cache_npar=500, cache_refresh=300),
+    "digits": dict(_PAPER, num_steps=20, lr=1e-3, mean_match=False, n_ipf=4, num_iter=500, cache_npar=500, cache_refresh=250,
+                   eval_npar=2000),
     "mnist_offline": dict(_PAPER, num_steps=30, lr=3e-4, n_ipf=6, num_iter=2000, cache_npar=500, cache_refresh=200),
 }
 for _name, _defaults in IMAGE_DEFAULTS.items(): DATASETS[_name].defaults = _defaults   # applied by make_config to unset parameters
