@@ -48,3 +48,14 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert [(r["iteration"], r["stage"], r["step"]) for r in la] == [(r["iteration"], r["stage"], r["step"]) for r in lb]
     assert all(abs(a["loss"] - b["loss"]) <= 1e-3 * b["loss"] for a, b in zip(la, lb))
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["one", "two"]
+
+
+def test_dsbm_on_two_processes_matches_one(tmp_path):
+    "The second solver through the same path (`launch`, spawn + gloo): its loss fits `trainer.net` on the process's rows."
+    from dsb.distributed import launch
+    kw = dict(TINY, solver="dsbm", n_ipf=1, out_dir=str(tmp_path))
+    two = launch(2, **kw, run_name="two")
+    one = run(**kw, run_name="one")
+    assert two[0]["processes"] == 2 and two[0]["steps"] == one["steps"] == 2 * 40
+    for k in ("sw2_data", "sw2_prior", "sw2_data_ode"):
+        assert two[0][k] == two[1][k] and abs(two[0][k] - one[k]) <= 1e-4 * one[k], (k, two[0][k], one[k])
