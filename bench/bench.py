@@ -156,27 +156,33 @@ SOLVER_GAUSSIAN = {  # per solver: chain steps N (DSBM's Euler grid may be finer
     "dsb": dict(num_steps=20, n_ipf=4, num_iter=1000, cache_npar=4000, cache_refresh=100),
     "dsbm": dict(num_steps=400, ode_steps=400, n_ipf=5, num_iter=1500, cache_npar=10000, cache_refresh=500),
 }
-SOLVER_2D = {"dsb": dict(n_ipf=50, num_iter=1000), "dsbm": dict(n_ipf=50, num_iter=1000, cache_refresh=250, cache_npar=5000)}
+# DSBM's 2d rows use lr 1e-2: at 2 minutes its drift regression is limited by optimisation (scurve, SW2 / floor after one
+# iteration of 2 x 1,000 steps: 7.1 at lr 1e-3, 4.2 at 3e-3, 1.9 at 1e-2); DSB's mean matching gained nothing from a larger
+# lr (scurve after 5 iterations: 1.93 at 3e-3, 1.92 at 1e-3; 5.7 after one at 1e-2 against 5.1 at 1e-3)
+SOLVER_2D = {"dsb": dict(n_ipf=50, num_iter=1000), "dsbm": dict(n_ipf=50, num_iter=1000, cache_refresh=250, cache_npar=5000, lr=1e-2)}
 
+
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 
 class Budget(Callback):
-    "Stop at the end of the first iteration after which another one would overrun `seconds` of this process's CPU time (evaluation included)."
+    "Stop at the end of the first iteration after which another one would overrun `seconds` of this process's CPU time, or of wall time (evaluation included)."
     order = 90
-    def __init__(self, seconds): self.seconds = seconds
-    # CPU time, not wall time: on a shared machine wall time measures the neighbours; with one thread
-    # (OMP_NUM_THREADS=1) CPU seconds are the wall seconds of an idle core
-    def before_fit(self, tr): self.t0 = self.t_it = time.process_time(); self.longest = 0.
+    def __init__(self, seconds, clock="cpu"): self.seconds, self.clock = seconds, CLOCKS[clock]
+    # CPU time by default, not wall time: on a shared machine wall time measures the neighbours; with one
+    # thread (OMP_NUM_THREADS=1) CPU seconds are the wall seconds of an idle core. `clock='wall'` counts
+    # wall seconds (all threads of an otherwise idle machine: what "2 minutes on this CPU" means)
+    def before_fit(self, tr): self.t0 = self.t_it = self.clock(); self.longest = 0.
     def after_iteration(self, tr):
-        now = time.process_time(); self.longest = max(self.longest, now - self.t_it); self.t_it = now
+        now = self.clock(); self.longest = max(self.longest, now - self.t_it); self.t_it = now
         self.iterations = tr.iteration + 1
         if now - self.t0 + self.longest > self.seconds: raise CancelFit
-    def after_fit(self, tr): self.cpu = time.process_time() - self.t0
+    def after_fit(self, tr): self.used = self.clock() - self.t0
 
 
-def _train(params, device, budget_s=None):
+def _train(params, device, budget_s=None, clock="cpu"):
     cfg = make_config(**params, device=str(device), progress=False, plots=False)
     data = make_data(cfg)
-    cbs = [Budget(budget_s)] if budget_s else []
+    cbs = [Budget(budget_s, clock)] if budget_s else []
     tr = build_trainer(cfg, data, cbs)
     t0, c0 = time.perf_counter(), time.process_time()
     tr.fit()
@@ -219,8 +225,9 @@ def _gaussian_row(solver, d, T, device, quick):
     cov = torch.cov(data.data(m, torch.Generator().manual_seed(9)).double().T)    # the ODE's coupling is a map, not the bridge's: only its marginal is measured
     cov_err = lambda y: relative_error(torch.cov(y.double().cpu().T), cov).item()
     budget = f"N={cfg.num_steps} {cfg.n_ipf}x2x{cfg.num_iter} steps, batch {cfg.batch_size}, {cfg.cache_npar} per refresh"
+    cv = _cross_cov_cv(tr, data, cfg.var_final, exact, 500 if quick else 20_000, 2 if quick else 5) if solver == "dsbm" else {}
     return {"part": "gaussian", "solver": solver, "d": d, "T": T, "err_sde": err(sde), "mc_floor": _cross_cov_floor(d, cfg.var_final, exact, m),
-            "pairs": m, "cov_err_sde": cov_err(gen_sde), "cov_err_ode": cov_err(gen_ode), "budget": budget, **times}
+            "pairs": m, "cov_err_sde": cov_err(gen_sde), "cov_err_ode": cov_err(gen_ode), "budget": budget, **cv, **times}
 
 
 def _cross_cov_floor(d, var_final, exact, m, draws=5):
@@ -237,10 +244,43 @@ def _cross_cov_floor(d, var_final, exact, m, draws=5):
     return statistics.mean(errs)
 
 
-def _points_row(part, name, solver, device, quick, budget_s, draws, n, **extra):
+def _cross_cov_cv(tr, data, var_final, exact, m, draws=5):
+    """DSBM's cross-covariance error measured with a control variate: the exact SB's own forward drift (`11_imf`), run on the
+    solver's Euler grid with the *same* noise as the network, has a cross-covariance C_grid known in closed form
+    (cov(x0, x_{i+1}) = cov(x0, x_i)(I + gamma_i K_i)^T); C_net is estimated as C_grid + mean[x0 xT_net - x0 xT_exact], whose
+    Monte-Carlo noise is that of the *difference* of the two chains, small when the network is close to the bridge. Unbiased
+    for C_net (up to the O(1/m) of the empirical means). Returns the mean and spread of the error over `draws` draws of `m` pairs,
+    and the error of C_grid itself (Euler's share)."""
+    from dsb.imf import GaussianCoupling, markov_drift_gaussian
+    from dsb.dsbm import sde_sample
+    solver, dev = tr.solver, tr.device
+    ref, (t, gammas) = solver.ref, solver.forward.grid
+    mean0, S0 = gaussian_problem(exact.shape[0])
+    d = S0.shape[0]
+    sb = GaussianCoupling(mean0, S0, torch.full((d,), float(ref.mean)), var_final * torch.eye(d, dtype=torch.float64), exact)
+    K, c = markov_drift_gaussian(ref, sb, t[:-1] * ref.T, "forward")
+    C_grid = S0.clone()
+    for Ki, gi in zip(K, gammas): C_grid = C_grid @ (torch.eye(d, dtype=torch.float64) + gi * Ki).T
+    Kf, cf = K.float().to(dev), c.float().to(dev)
+    errs = []
+    for k in range(draws):
+        x0 = data.data(m, torch.Generator().manual_seed(50 + k)).to(dev)
+        step = iter(range(len(gammas)))
+        def exact_drift(x, s):
+            i = next(step); return x @ Kf[i].T + cf[i]
+        with torch.no_grad():
+            net = sde_sample(solver.forward.ema, x0, t, gammas, ref.sigma, generator=torch.Generator(dev).manual_seed(60 + k))
+            lin = sde_sample(exact_drift, x0, t, gammas, ref.sigma, generator=torch.Generator(dev).manual_seed(60 + k))
+        C = C_grid + coupling_moments(x0.cpu(), net.cpu()) - coupling_moments(x0.cpu(), lin.cpu())
+        errs.append(relative_error(C, exact).item())
+    return {"err_cv": statistics.mean(errs), "err_cv_std": statistics.stdev(errs), "cv_pairs": m, "cv_draws": draws,
+            "grid_err": relative_error(C_grid, exact).item()}
+
+
+def _points_row(part, name, solver, device, quick, budget_s, draws, n, clock="cpu", **extra):
     p = dict(SOLVER_2D[solver], **extra)
     if quick: p.update(n_ipf=2, num_iter=50, cache_npar=300, cache_refresh=25)
-    tr, cfg, data, times = _train(dict(p, solver=solver), device, None if quick else budget_s)
+    tr, cfg, data, times = _train(dict(p, solver=solver), device, None if quick else budget_s, clock)
     scores = _sample_scores(tr, data, 2 if quick else draws, 500 if quick else n, device)
     it = tr.position[0] if tr.position[1] == 0 and tr.position[2] == 0 else tr.position[0] + 1
     budget = f"{it}x2x{cfg.num_iter} steps"
@@ -248,7 +288,7 @@ def _points_row(part, name, solver, device, quick, budget_s, draws, n, **extra):
 
 
 def solvers(device, quick=False, only=None, budget_s=120., draws=5, n=10_000, dims=(5, 20), horizons=(0.5, 1., 2.), tag="",
-            names=("dsb", "dsbm"), data=None):
+            names=("dsb", "dsbm"), data=None, clock="cpu"):
     "DSB vs DSBM: Gaussian cross-covariance vs the closed form; 2d and transfer SW2 / floor with SDE and ODE sampling; wall times."
     rows = []
     def add(row):
@@ -260,11 +300,11 @@ def solvers(device, quick=False, only=None, budget_s=120., draws=5, n=10_000, di
                 for solver in names: add(_gaussian_row(solver, d, T, device, quick))
     if only in (None, "2d"):
         for name in (("scurve",) if quick else data or ("scurve", "checker", "8gaussians")):
-            for solver in names: add(_points_row("2d", name, solver, device, quick, budget_s, draws, n, data=name))
+            for solver in names: add(_points_row("2d", name, solver, device, quick, budget_s, draws, n, clock, data=name))
     if only in (None, "transfer"):
         for a, b in (TRANSFER_PAIRS[:1] if quick else [(a, b) for a, b in TRANSFER_PAIRS if not data or f"{a}-{b}" in data]):
             for solver in names:
-                add(_points_row("transfer", f"{a}-{b}", solver, device, quick, budget_s, draws, n, data=a, data_transfer=b, transfer=True))
+                add(_points_row("transfer", f"{a}-{b}", solver, device, quick, budget_s, draws, n, clock, data=a, data_transfer=b, transfer=True))
     return {"device": str(device), "rows": rows}
 
 
@@ -274,6 +314,9 @@ def _show_solver_row(r):
               f"(floor of {r['pairs']} exact pairs {100 * r['mc_floor']:.2f} %)   "
               f"data cov err: SDE {100 * r['cov_err_sde']:5.2f} %  ODE {100 * r['cov_err_ode']:5.2f} %"
               f"   cpu {r['cpu_s']:5.0f} s  wall {r['wall_s']:5.0f} s   ({r['budget']})", flush=True)
+        if "err_cv" in r:
+            print(f"{'':24s}control variate: cross-cov err {100 * r['err_cv']:6.2f} ± {100 * r['err_cv_std']:.2f} % ({r['cv_pairs']} pairs x {r['cv_draws']} draws; "
+                  f"the exact drift on the same grid: {100 * r['grid_err']:.2f} %)", flush=True)
     else:
         print(f"{r['part']:8s} {r['data']:18s} {r['solver']:5s} SW2/floor: SDE {r['sde_ratio']:.2f} ± {r['sde_ratio_std']:.2f}  "
               f"ODE {r['ode_ratio']:.2f} ± {r['ode_ratio_std']:.2f}  (floor {r['floor']:.4f} ± {r['floor_std']:.4f})"
@@ -308,7 +351,9 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
     p.add_argument("--only", choices=("gaussian", "2d", "transfer"), help="solvers: one part of the table")
-    p.add_argument("--budget", type=float, default=120., help="solvers: training CPU seconds (one thread) per 2d / transfer run")
+    p.add_argument("--budget", type=float, default=120., help="solvers: training seconds per 2d / transfer run (see --clock)")
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="cpu", help="solvers: count the budget in this process's CPU seconds "
+                   "(one thread: OMP_NUM_THREADS=1; robust to neighbours) or in wall seconds (all threads, an idle machine)")
     p.add_argument("--dims", type=int, nargs="+", default=[5, 20], help="solvers: Gaussian dimensions")
     p.add_argument("--solvers", nargs="+", default=["dsb", "dsbm"], choices=("dsb", "dsbm"), help="solvers: which solvers")
     p.add_argument("--data", nargs="+", help="solvers: 2d data sets / transfer pairs ('scurve-circle') to run")
@@ -320,7 +365,7 @@ def main(argv=None):
     results = {}
     for name, fn in (("speed", speed), ("quality", quality), ("gaussian", gaussian), ("solvers", solvers)):
         if a.what in (name, "all"):
-            res = fn(device, quick=a.quick, only=a.only, budget_s=a.budget, dims=a.dims, horizons=a.horizons, names=a.solvers, data=a.data,
+            res = fn(device, quick=a.quick, only=a.only, budget_s=a.budget, dims=a.dims, horizons=a.horizons, names=a.solvers, data=a.data, clock=a.clock,
                      tag="".join(f"-{x}" for x in [a.only or "all", *a.solvers])) if name == "solvers" else fn(device, quick=a.quick)
             results[name] = res
             show(name, res)

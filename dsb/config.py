@@ -20,7 +20,8 @@ import dsb.unet, dsb.images  # noqa: F401 (imported for their registrations: the
 import dsb.dsbm  # noqa: F401 (imported for its registration: the 'dsbm' solver)
 
 # %% auto #0
-__all__ = ['SAMPLERS', 'RESUMABLE', 'Config', 'check_names', 'import_plugins', 'make_config', 'notebook_params', 'resume_config']
+__all__ = ['SAMPLERS', 'PREDICTIONS', 'RESUMABLE', 'Config', 'check_names', 'import_plugins', 'make_config', 'notebook_params',
+           'resume_config']
 
 # %% ../nbs/17_config.ipynb #17f50785
 @dataclass
@@ -41,6 +42,7 @@ class Config:
     mean_match: bool = False       # True: the network outputs the mean; False: it outputs the drift, added to x
     attention_resolutions: str = "" # 'unet': pixel sizes with self-attention, e.g. '16,8' ('' : the configuration's own)
     solver: str = "dsb"            # training method, a name in dsb.trainer.SOLVERS: 'dsb' (IPF with mean matching) or 'dsbm' (bridge matching)
+    predict: str = "drift"         # 'dsbm' networks predict the 'drift' or the bridge's far 'end' (x_0 / x_T; the drift formed from it exactly, EndDrift)
     sampler: str = "sde"           # sampler of the plots and the GIF: 'sde' or 'ode' (probability flow); metrics are logged for both
     ode_steps: int = 0             # Euler steps of the probability-flow ODE (0: the chain's num_steps; 'dsb' allows only that)
     num_steps: int = 20            # N, steps of the chain
@@ -108,9 +110,14 @@ def import_plugins(plugins: str) -> None:
 
 # %% ../nbs/17_config.ipynb #4b2ae8bc
 SAMPLERS = ("sde", "ode")
+PREDICTIONS = ("drift", "end")
 
 def _check_sampler(cfg) -> None:
-    "The sampler parameters: `sampler` one of SAMPLERS, `ode_steps` >= 0, and for DSB (its networks know only the chain's grid) 0 or num_steps."
+    "The sampler parameters: `sampler` one of SAMPLERS, `ode_steps` >= 0, and for DSB (its networks know only the chain's grid) 0 or num_steps; `predict` one of PREDICTIONS, 'end' for DSBM only."
+    check_one_of("parameter predict", cfg.predict, PREDICTIONS)
+    if cfg.predict != "drift" and cfg.solver != "dsbm":
+        raise ValueError(f"parameter predict={cfg.predict!r} applies to solver='dsbm' (bridge matching predicts a bridge's far end); "
+                         f"solver={cfg.solver!r} networks are set by mean_match. Use solver='dsbm', or leave predict='drift'")
     check_one_of("parameter sampler", cfg.sampler, SAMPLERS)
     check_int("parameter ode_steps", cfg.ode_steps, 0)
     if cfg.solver == "dsb" and cfg.ode_steps not in (0, cfg.num_steps):

@@ -13,17 +13,35 @@ from torch import Tensor, nn
 from fastcore.basics import patch
 
 from .core import check_int, check_positive, derive_seed, append_dims, mean_except_batch
-from .reference import Schedule
+from .reference import Schedule, sample_chain, sample_path
 from .models import MODELS
 from .data import DataSpec
-from .trainer import Solver, SOLVERS
-from .ipf import Direction, DSB
+from .trainer import SOLVERS
+from .ipf import Direction, TwoWay, DSB, shard_sizes
 from .imf import LinearReference, bridge_sample
 
 # %% auto #0
-__all__ = ['bridge_targets', 'sde_sample', 'flow_velocity', 'flow_sample', 'uniform_grid', 'Drift', 'DSBM', 'dsbm_solver']
+__all__ = ['end_drift', 'bridge_targets', 'sde_sample', 'flow_velocity', 'flow_sample', 'uniform_grid', 'Drift', 'EndDrift',
+           'DSBM', 'simulate_shards', 'dsbm_solver']
 
 # %% ../nbs/16_dsbm.ipynb #b6cba202
+def end_drift(ref: LinearReference, # the reference Q
+              x: Tensor, # (B, ...) states x_t
+              t: Tensor, # (B,) times in (0, T), or one time
+              end: Tensor, # (B, ...) the bridge's far end: x_T for 'forward', x_0 for 'backward'
+              direction: str, # 'forward' or 'backward'
+             ) -> Tensor: # (B, ...) the bracket of $v_f$ or $v_b$ above
+    "Forward $-\\lambda(x - \\mu) + \\sigma^2 a_s (x_T - a_s x - (1 - a_s)\\mu)/v_s$, $s = T - t$, or backward $\\lambda(x - \\mu) - \\sigma^2 (x - a_t x_0 - (1 - a_t)\\mu)/v_t$."
+    t = ref.times(t)
+    c = lambda v: append_dims(v, x.ndim).to(x)
+    mu = ref.mean.to(x)
+    drift = -ref.lam * (x - mu)
+    if direction == "forward":
+        a_s, v_s = ref.transition(ref.T - t)
+        return drift + ref.sigma ** 2 * c(a_s / v_s) * (end - c(a_s) * x - (1 - c(a_s)) * mu)
+    a_t, v_t = ref.transition(t)
+    return -drift - ref.sigma ** 2 * (x - c(a_t) * end - (1 - c(a_t)) * mu) / c(v_t)
+
 def bridge_targets(ref: LinearReference, # the reference Q
                    x0: Tensor, # (B, ...) start points of the pairs
                    xT: Tensor, # (B, ...) end points
@@ -32,14 +50,7 @@ def bridge_targets(ref: LinearReference, # the reference Q
                   ) -> tuple[Tensor, Tensor, Tensor]: # x_t, forward target, backward target, each (B, ...)
     "A bridge sample $x_t$ and the forward and backward drift targets whose conditional means are the Markovian projection's drifts (Shi et al. 2023, eq. (8))."
     xt = bridge_sample(ref, x0, xT, t, generator)
-    t = ref.times(t)
-    (a_t, v_t), (a_s, v_s) = ref.transition(t), ref.transition(ref.T - t)
-    c = lambda v: append_dims(v, x0.ndim).to(x0)
-    mu = ref.mean.to(x0)
-    drift = -ref.lam * (xt - mu)
-    forward = drift + ref.sigma ** 2 * c(a_s / v_s) * (xT - c(a_s) * xt - (1 - c(a_s)) * mu)
-    backward = -drift - ref.sigma ** 2 * (xt - c(a_t) * x0 - (1 - c(a_t)) * mu) / c(v_t)
-    return xt, forward, backward
+    return xt, end_drift(ref, xt, t, xT, "forward"), end_drift(ref, xt, t, x0, "backward")
 
 # %% ../nbs/16_dsbm.ipynb #7c48dcf5
 def sde_sample(drift: Callable, # drift(x, t) -> tensor like x; t is a 0-dim normalised time
@@ -51,16 +62,9 @@ def sde_sample(drift: Callable, # drift(x, t) -> tensor like x; t is a 0-dim nor
                noise_last: bool = True, # add noise on the last step too
                path: bool = False, # return every state stacked, (N+1, B, ...)
               ) -> Tensor:
-    "Euler–Maruyama $x_{i+1} = x_i + \\gamma_i v(x_i, t_i) + \\sigma\\sqrt{\\gamma_i}\\,z_i$ along a grid, in either direction."
-    t = torch.as_tensor(t).to(device=x.device, dtype=x.dtype)
-    g = torch.as_tensor(gammas, dtype=torch.float64).reshape(-1).tolist()
-    states = [x]
-    for i, gamma in enumerate(g):
-        x = x + gamma * drift(x, t[i])
-        if noise_last or i < len(g) - 1:
-            x = x + sigma * math.sqrt(gamma) * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        if path: states.append(x)
-    return torch.stack(states) if path else x
+    "Euler–Maruyama $x_{i+1} = x_i + \\gamma_i v(x_i, t_i) + \\sigma\\sqrt{\\gamma_i}\\,z_i$ along a grid, in either direction (`sample_chain` with a drift)."
+    return (sample_path if path else sample_chain)(drift, x, t, gammas, generator=generator, noise_last=noise_last,
+                                                   drift=True, sigma2=sigma ** 2)
 
 # %% ../nbs/16_dsbm.ipynb #2fc73aad
 def flow_velocity(forward: Callable, # forward drift f(x, t)
@@ -76,15 +80,11 @@ def flow_sample(forward: Callable, # forward drift f(x, t)
                 gammas: Tensor, # (M,) step sizes (time units) in travel order
                 *, path: bool = False, # return every state stacked, (M+1, B, ...)
                ) -> Tensor:
-    "Euler steps of the probability-flow ODE $\\dot x = (f - b)/2$: $x_{i+1} = x_i \\pm \\gamma_i u(t_i, x_i)$, + forward in time, − backward."
-    t = torch.as_tensor(t).to(device=x.device, dtype=x.dtype)
-    g = torch.as_tensor(gammas, dtype=torch.float64).reshape(-1).tolist()
-    states = [x]
-    for i, gamma in enumerate(g):
-        sign = 1. if t[i + 1] >= t[i] else -1.
-        x = x + sign * gamma * flow_velocity(forward, backward, x, t[i])
-        if path: states.append(x)
-    return torch.stack(states) if path else x
+    "Euler steps of the probability-flow ODE $\\dot x = (f - b)/2$: $x_{i+1} = x_i \\pm \\gamma_i u(t_i, x_i)$, + forward in time, − backward (`sample_chain`, no noise)."
+    t = torch.as_tensor(t)
+    sign = 1. if t[-1] >= t[0] else -1.
+    velocity = lambda y, s: sign * flow_velocity(forward, backward, y, s)
+    return (sample_path if path else sample_chain)(velocity, x, t, gammas, drift=True, sigma2=0.)
 
 def uniform_grid(steps: int, # M, the number of Euler steps
                  T: float, # horizon
@@ -105,10 +105,26 @@ class Drift(nn.Module):
         self.net, self.T = net, float(T)
     def forward(self, x: Tensor, t: Tensor) -> Tensor: return self.net(x, t) / self.T
 
+# %% ../nbs/16_dsbm.ipynb #4d9fe8e6
+class EndDrift(nn.Module):
+    "A drift network that predicts the bridge's far end $\\hat x = x + \\mathrm{net}(x, t)$ ($x_0$ backward, $x_T$ forward) and returns `end_drift` of it."
+    def __init__(self, net: nn.Module, # any network net(x, t) -> tensor like x
+                 ref: LinearReference, # the reference whose bridges are matched
+                 direction: str, # 'forward' (predicts x_T) or 'backward' (predicts x_0)
+                 margin: float = 1e-3, # times are clamped to [T margin, T (1 - margin)]
+                ):
+        super().__init__()
+        if direction not in ("forward", "backward"): raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+        self.net, self.ref, self.direction, self.margin = net, ref, direction, margin
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        T = self.ref.T
+        s = (torch.as_tensor(t, dtype=torch.float64) * T).clamp(self.margin * T, (1 - self.margin) * T)
+        return end_drift(self.ref, x, s, x + self.net(x, t), self.direction)
+
 # %% ../nbs/16_dsbm.ipynb #4013176b
-class DSBM(Solver):
+class DSBM(TwoWay):
     "DSBM-IPF of Shi et al. (2023) on the `Trainer`: stage 0 fits the backward drift on bridges of the current coupling, stage 1 the forward drift on bridges of the backward process."
-    n_stages = 2
+    network = "drift"
     def __init__(self, forward: Direction, backward: Direction, # drift networks `Drift`, their start samplers and chain grids
                  ref: LinearReference, # the reference; its T is the grids' horizon
                  cache_npar: int = 1024, # pairs drawn per refresh
@@ -116,24 +132,16 @@ class DSBM(Solver):
                  coupling: Callable = None, # `coupling(n, generator) -> (x0, xT)` for iteration 0; None: independent
                  ode_steps: int = 0, # Euler steps of the probability-flow sampler (0: the chain's grid)
                  t_margin: float = 1e-3, # times are drawn in [T m, T (1 - m)]
+                 cache_shards: int = 0, # seeded parts of each refresh's pairs, split among processes (0: one per process)
                 ):
         self.forward, self.backward, self.ref, self.coupling = forward, backward, ref, coupling
         self.cache_npar, self.warm_start = check_int("cache_npar", cache_npar, 2), warm_start
         self.ode_steps, self.t_margin = check_int("ode_steps", ode_steps, 0), t_margin
+        self.cache_shards = check_int("cache_shards", cache_shards, 0)
 
-    def pair(self, stage: int) -> tuple[Direction, Direction]:
-        "`(train, sample)` directions of a stage: stage 0 trains backward on forward pairs, stage 1 the reverse."
-        return (self.backward, self.forward) if stage == 0 else (self.forward, self.backward)
-    def stage_name(self, iteration, stage): return f"training the {self.pair(stage)[0].name} drift"
-    def trained(self, iteration, stage):
-        train = self.pair(stage)[0]
-        return train.net, train.ema
     def reference_transition(self) -> tuple[Tensor, Tensor]:
         "$(a_T, v_T)$ of the reference: the kernel of the closed-form SB this solver converges to."
         return self.ref.transition(self.ref.T)
-
-    def begin_stage(self, tr):
-        if tr.step == 0 and not self.warm_start: self.pair(tr.stage)[0].reset()
 
 # %% ../nbs/16_dsbm.ipynb #179ef3e4
 @patch
@@ -146,17 +154,37 @@ def simulate(self: DSBM, direction: Direction, x: Tensor, generator: torch.Gener
                       noise_last=noise_last, path=path) for lo in range(0, len(x), chunk)]
     return torch.cat(out, 1 if path else 0)
 
+def simulate_shards(simulate: Callable, # simulate(x_start, generator) -> x_end
+                    start: Callable,    # start(n, generator) -> (n, *shape) start points
+                    npar: int,          # pairs in the whole refresh
+                    seed: int,          # the block's seed; shard s uses streams (seed, s, 0) and (seed, s, 1)
+                    shards: int,        # independently seeded parts, a multiple of `policy.world`
+                    policy,             # `DevicePolicy`: device, rank, number of processes
+                   ) -> tuple[Tensor, Tensor]: # start points and end points, (npar, *shape) each, in shard order
+    "`npar` simulated pairs in `shards` seeded shards, each process simulating its own and all of them gathered (DSB's `build_shards` for pairs)."
+    if shards % policy.world:
+        raise ValueError(f"parameter cache_shards={shards} must be a multiple of the number of processes ({policy.world})")
+    sizes, per = shard_sizes(npar, shards), shards // policy.world
+    starts, ends = [], []
+    for s in range(policy.rank * per, (policy.rank + 1) * per):
+        x = start(sizes[s], torch.Generator().manual_seed(derive_seed(seed, s, 0))).to(policy.device)
+        starts.append(x); ends.append(simulate(x, policy.generator(derive_seed(seed, s, 1))))
+    return policy.gather(torch.cat(starts), 0), policy.gather(torch.cat(ends), 0)
+
 @patch
 def refresh(self: DSBM, tr):
     n, dev = self.cache_npar, tr.device
-    start = lambda d, k: d.start(n, torch.Generator().manual_seed(tr.block_seed(k))).to(dev)
-    if tr.stage == 0:                   # pairs of the forward process (iteration 0: the initial coupling)
-        if tr.iteration > 0: x0 = start(self.forward, 0); xT = self.simulate(self.forward, x0, tr.generator, tr.policy.cache_chunk)
-        elif self.coupling is None: x0, xT = start(self.forward, 0), start(self.backward, 2)
+    if tr.iteration == 0 and tr.stage == 0:          # the initial coupling, drawn (iteration 0 has no forward process yet)
+        if self.coupling is None:
+            x0, xT = (d.start(n, torch.Generator().manual_seed(tr.block_seed(k))).to(dev) for d, k in ((self.forward, 0), (self.backward, 2)))
         else: x0, xT = (x.to(dev) for x in self.coupling(n, torch.Generator().manual_seed(tr.block_seed(0))))
-    else:                               # pairs of the backward process
-        xT = start(self.backward, 0); x0 = self.simulate(self.backward, xT, tr.generator, tr.policy.cache_chunk)
-    self.pairs = (x0, xT)
+        self.pairs = (x0, xT); return
+    other = self.pair(tr.stage)[1]                   # stage 0: the forward process from data; stage 1: the backward from the prior
+    run = lambda x, g: self.simulate(other, x, g, tr.policy.cache_chunk)
+    shards = self.cache_shards or tr.policy.world
+    if shards > 1: a, b = simulate_shards(run, other.start, n, tr.block_seed(0), shards, tr.policy)
+    else: a = other.start(n, torch.Generator().manual_seed(tr.block_seed(0))).to(dev); b = run(a, tr.generator)
+    self.pairs = (a, b) if tr.stage == 0 else (b, a)
 
 @patch
 def loss(self: DSBM, tr):
@@ -173,15 +201,6 @@ def loss(self: DSBM, tr):
     rows = tr.policy.rows(B)          # every process draws the same batch and fits its own rows with `tr.net` (DDP when several)
     xt, t, target, weight = xt[rows], t[rows], target[rows], weight[rows]
     return weight.to(xt) * mean_except_batch((tr.net(xt, t.to(xt) / self.ref.T) - target) ** 2)
-
-@patch
-def state_dict(self: DSBM):
-    return {d.name: {"net": d.net.state_dict(), "ema": d.ema.state_dict()} for d in (self.forward, self.backward)}
-
-@patch
-def load_state_dict(self: DSBM, state):
-    for d in (self.forward, self.backward):
-        d.net.load_state_dict(state[d.name]["net"]); d.ema.load_state_dict(state[d.name]["ema"])
 
 # %% ../nbs/16_dsbm.ipynb #317c7059
 @patch
@@ -221,16 +240,17 @@ def dsbm_solver(cfg, # a run config (`dsb.config.Config`)
                 data: DataSpec, # the two ends of the bridge
                 device: torch.device,
                ) -> DSBM:
-    "The DSBM solver of a config: schedule, reference, both directions' drift networks (seeded)."
+    "The DSBM solver of a config: schedule, reference, both directions' drift networks (seeded; `cfg.predict`: `Drift` or `EndDrift`)."
     schedule = Schedule.from_params(cfg.num_steps, cfg.gamma_min, cfg.gamma_max, cfg.gamma_space)
     ref = LinearReference.ou(schedule.T, cfg.var_final, cfg.mean_final)
-    def drift(k):
+    def drift(k, direction):
         torch.manual_seed(derive_seed(cfg.seed, k))
-        return Drift(MODELS[cfg.model](cfg, tuple(data.shape), zero_init_last=True), schedule.T).to(device)
-    forward = Direction("forward", drift(1), data.data, schedule.forward_grid())
-    backward = Direction("backward", drift(2), data.prior, schedule.backward_grid())
+        net = MODELS[cfg.model](cfg, tuple(data.shape), zero_init_last=True)
+        return (EndDrift(net, ref, direction) if getattr(cfg, "predict", "drift") == "end" else Drift(net, schedule.T)).to(device)
+    forward = Direction("forward", drift(1, "forward"), data.data, schedule.forward_grid())
+    backward = Direction("backward", drift(2, "backward"), data.prior, schedule.backward_grid())
     solver = DSBM(forward, backward, ref, cache_npar=cfg.cache_npar, warm_start=cfg.warm_start,
-                  ode_steps=getattr(cfg, "ode_steps", 0))
+                  ode_steps=getattr(cfg, "ode_steps", 0), cache_shards=cfg.cache_shards)
     solver.schedule = schedule
     return solver
 

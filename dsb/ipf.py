@@ -23,8 +23,8 @@ from .data import DataSpec
 from .trainer import Solver, SOLVERS
 
 # %% auto #0
-__all__ = ['STEP_WEIGHTS', 'Cache', 'build_cache', 'shard_sizes', 'build_shards', 'Direction', 'DSB', 'available_memory',
-           'check_cache_memory', 'dsb_solver']
+__all__ = ['STEP_WEIGHTS', 'Cache', 'build_cache', 'shard_sizes', 'build_shards', 'Direction', 'TwoWay', 'DSB',
+           'available_memory', 'check_cache_memory', 'dsb_solver']
 
 # %% ../nbs/10_ipf.ipynb #6d272a35
 @dataclass
@@ -121,9 +121,28 @@ STEP_WEIGHTS = {
 }
 
 # %% ../nbs/10_ipf.ipynb #21636520
-class DSB(Solver):
-    "Algorithm 1 of De Bortoli et al. (2021) on the `Trainer`: stage 0 fits the backward mean on forward chains, stage 1 the reverse."
+class TwoWay(Solver):
+    "A solver of two `Direction`s trained in turn: stage 0 fits `backward` on samples of `forward`, stage 1 the reverse; warm starts; the state of both."
     n_stages = 2
+    network = "network"   # what the trained module is called in stage names ('drift' for DSBM)
+    def pair(self, stage: int) -> tuple[Direction, Direction]:
+        "`(train, sample)` directions of a stage: stage 0 trains backward on the forward direction's samples, stage 1 the reverse."
+        return (self.backward, self.forward) if stage == 0 else (self.forward, self.backward)
+    def stage_name(self, iteration, stage): return f"training the {self.pair(stage)[0].name} {self.network}"
+    def trained(self, iteration, stage):
+        train = self.pair(stage)[0]
+        return train.net, train.ema
+    def begin_stage(self, tr):
+        if tr.step == 0 and not self.warm_start: self.pair(tr.stage)[0].reset()
+    def state_dict(self):
+        return {d.name: {"net": d.net.state_dict(), "ema": d.ema.state_dict()} for d in (self.forward, self.backward)}
+    def load_state_dict(self, state):
+        for d in (self.forward, self.backward):
+            d.net.load_state_dict(state[d.name]["net"]); d.ema.load_state_dict(state[d.name]["ema"])
+
+# %% ../nbs/10_ipf.ipynb #fb6cc976
+class DSB(TwoWay):
+    "Algorithm 1 of De Bortoli et al. (2021) on the `Trainer`: stage 0 fits the backward mean on forward chains, stage 1 the reverse."
     def __init__(self, forward: Direction, backward: Direction,
                  reference: nn.Module,        # mean function of the reference chain (the first stage only)
                  cache_npar: int = 1024,      # chains simulated per cache
@@ -135,20 +154,13 @@ class DSB(Solver):
         self.cache_npar, self.step_weights, self.warm_start = check_int("cache_npar", cache_npar, 2), step_weights, warm_start
         self.cache_shards = check_int("cache_shards", cache_shards, 0)
 
-    def pair(self, stage: int) -> tuple[Direction, Direction]:
-        "`(train, sample)` directions of a stage: stage 0 trains backward on forward chains, stage 1 the reverse."
-        return (self.backward, self.forward) if stage == 0 else (self.forward, self.backward)
-    def stage_name(self, iteration, stage): return f"training the {self.pair(stage)[0].name} network"
-    def trained(self, iteration, stage):
-        train = self.pair(stage)[0]
-        return train.net, train.ema
     def sample_fn(self, iteration: int, stage: int) -> nn.Module:
         "The mean function that simulates the chains of a stage: the reference first, then the other direction's EMA."
         return self.reference if (iteration, stage) == (0, 0) else self.pair(stage)[1].ema
 
     def begin_stage(self, tr):
-        train, sample = self.pair(tr.stage)
-        if tr.step == 0 and not self.warm_start: train.reset()
+        super().begin_stage(tr)
+        sample = self.pair(tr.stage)[1]
         self.probs = None if self.step_weights is None else self.step_weights(sample.grid[1]).float().to(tr.device)
     def refresh(self, tr):
         sample, fn = self.pair(tr.stage)[1], tr.compiled(self.sample_fn(tr.iteration, tr.stage))
@@ -162,12 +174,6 @@ class DSB(Solver):
         x, target, t = self.cache.sample(tr.batch_size, tr.generator, self.probs)
         rows = tr.policy.rows(tr.batch_size)          # every process draws the same batch and fits its own rows
         return mean_matching_loss(tr.net, x[rows], t[rows], target[rows])
-
-    def state_dict(self):
-        return {d.name: {"net": d.net.state_dict(), "ema": d.ema.state_dict()} for d in (self.forward, self.backward)}
-    def load_state_dict(self, state):
-        for d in (self.forward, self.backward):
-            d.net.load_state_dict(state[d.name]["net"]); d.ema.load_state_dict(state[d.name]["ema"])
 
 # %% ../nbs/10_ipf.ipynb #890bdd1c
 @patch

@@ -78,17 +78,21 @@ def sample_chain(mean_fn: Callable, # mean_fn(x, t) -> tensor like x; t is a 0-d
                  *, generator: Optional[torch.Generator] = None, # RNG for the noise (on x's device)
                  callback: Optional[Callable] = None, # callback(i, x, mean, x_next) after each step
                  noise_last: bool = True, # add noise on the last step too
+                 drift: bool = False, # True: `mean_fn` returns a drift v and the mean is x + gamma_i v (Euler–Maruyama)
+                 sigma2: float = 2., # noise variance per unit time: step i adds sqrt(sigma2 gamma_i) z (2: DSB's chain; 0: none, an ODE)
                 ) -> Tensor: # (B, ...) final states
-    "Simulate $x_{i+1} = m(x_i, t_i) + \\sqrt{2\\gamma_i} z_i$ (DSB paper eq. (3)/(9), Algorithm 1 sampling)."
+    "Simulate $x_{i+1} = m(x_i, t_i) + \\sqrt{2\\gamma_i} z_i$ (DSB paper eq. (3)/(9), Algorithm 1 sampling), or Euler–Maruyama for a drift."
     t = torch.as_tensor(t).to(device=x.device, dtype=x.dtype)
     g = torch.as_tensor(gammas, dtype=torch.float64).reshape(-1)
     if t.numel() < g.numel(): raise ValueError(f"t has {t.numel()} entries but gammas has {g.numel()} steps; need at least one time per step")
+    if sigma2 < 0: raise ValueError(f"sigma2={sigma2} must be >= 0 (the noise variance per unit time)")
     n = g.numel()
     for i in range(n):
-        mean = mean_fn(x, t[i])
-        if noise_last or i < n - 1:
+        gamma = g[i].item()
+        mean = x + gamma * mean_fn(x, t[i]) if drift else mean_fn(x, t[i])
+        if sigma2 > 0 and (noise_last or i < n - 1):
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x_next = mean + math.sqrt(2 * g[i].item()) * z
+            x_next = mean + math.sqrt(sigma2 * gamma) * z
         else: x_next = mean
         if callback is not None: callback(i, x, mean, x_next)
         x = x_next
@@ -96,13 +100,13 @@ def sample_chain(mean_fn: Callable, # mean_fn(x, t) -> tensor like x; t is a 0-d
 
 def sample_path(mean_fn: Callable, x: Tensor, t: Tensor, gammas: Tensor, *,
                 generator: Optional[torch.Generator] = None, callback: Optional[Callable] = None,
-                noise_last: bool = True) -> Tensor:
+                noise_last: bool = True, drift: bool = False, sigma2: float = 2.) -> Tensor:
     "Like `sample_chain`, but return every state stacked: `(N+1, B, ...)`."
     states = [x]
     def _cb(i, x, mean, x_next):
         states.append(x_next)
         if callback is not None: callback(i, x, mean, x_next)
-    sample_chain(mean_fn, x, t, gammas, generator=generator, callback=_cb, noise_last=noise_last)
+    sample_chain(mean_fn, x, t, gammas, generator=generator, callback=_cb, noise_last=noise_last, drift=drift, sigma2=sigma2)
     return torch.stack(states)
 
 # %% ../nbs/02_reference.ipynb #c356cc1d
