@@ -17,7 +17,7 @@ from .data import DATASETS
 from .trainer import SOLVERS
 from .ipf import STEP_WEIGHTS
 import dsb.unet, dsb.images  # noqa: F401 (imported for their registrations: the 'unet' model, the image data sets)
-import dsb.dsbm  # noqa: F401 (imported for its registration: the 'dsbm' solver)
+from .dsbm import COUPLINGS  # (and the 'dsbm' solver's registration)
 
 # %% auto #0
 __all__ = ['SAMPLERS', 'PREDICTIONS', 'RESUMABLE', 'Config', 'check_names', 'import_plugins', 'make_config', 'notebook_params',
@@ -42,6 +42,7 @@ class Config:
     mean_match: bool = False       # True: the network outputs the mean; False: it outputs the drift, added to x
     attention_resolutions: str = "" # 'unet': pixel sizes with self-attention, e.g. '16,8' ('' : the configuration's own)
     solver: str = "dsb"            # training method, a name in dsb.trainer.SOLVERS: 'dsb' (IPF with mean matching) or 'dsbm' (bridge matching)
+    coupling: str = "independent"  # 'dsbm' iteration 0's coupling of the two ends, a name in dsb.dsbm.COUPLINGS (register your own pairs)
     predict: str = "drift"         # 'dsbm' networks predict the 'drift' or the bridge's far 'end' (x_0 / x_T; the drift formed from it exactly, EndDrift)
     sampler: str = "sde"           # sampler of the plots and the GIF: 'sde' or 'ode' (probability flow); metrics are logged for both
     ode_steps: int = 0             # Euler steps of the probability-flow ODE (0: the chain's num_steps; 'dsb' allows only that)
@@ -114,6 +115,10 @@ PREDICTIONS = ("drift", "end")
 
 def _check_sampler(cfg) -> None:
     "The sampler parameters: `sampler` one of SAMPLERS, `ode_steps` >= 0, and for DSB (its networks know only the chain's grid) 0 or num_steps; `predict` one of PREDICTIONS, 'end' for DSBM only."
+    check_one_of("parameter coupling", cfg.coupling, COUPLINGS)
+    if cfg.coupling != "independent" and cfg.solver != "dsbm":
+        raise ValueError(f"parameter coupling={cfg.coupling!r} applies to solver='dsbm' (DSB starts from the reference process); "
+                         f"use solver='dsbm', or leave coupling='independent'")
     check_one_of("parameter predict", cfg.predict, PREDICTIONS)
     if cfg.predict != "drift" and cfg.solver != "dsbm":
         raise ValueError(f"parameter predict={cfg.predict!r} applies to solver='dsbm' (bridge matching predicts a bridge's far end); "

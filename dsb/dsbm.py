@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from fastcore.basics import patch
 
-from .core import check_int, check_positive, derive_seed, append_dims, mean_except_batch
+from .core import Registry, check_int, check_positive, derive_seed, append_dims, mean_except_batch
 from .reference import Schedule, sample_chain, sample_path
 from .models import MODELS
 from .data import DataSpec
@@ -21,8 +21,8 @@ from .ipf import Direction, TwoWay, DSB, shard_sizes
 from .imf import LinearReference, bridge_sample
 
 # %% auto #0
-__all__ = ['end_drift', 'bridge_targets', 'sde_sample', 'flow_velocity', 'flow_sample', 'uniform_grid', 'Drift', 'EndDrift',
-           'DSBM', 'simulate_shards', 'dsbm_solver']
+__all__ = ['COUPLINGS', 'end_drift', 'bridge_targets', 'sde_sample', 'flow_velocity', 'flow_sample', 'uniform_grid', 'Drift',
+           'EndDrift', 'DSBM', 'simulate_shards', 'independent', 'dsbm_solver']
 
 # %% ../nbs/16_dsbm.ipynb #b6cba202
 def end_drift(ref: LinearReference, # the reference Q
@@ -235,6 +235,13 @@ def ode_to_prior(self: DSBM, x: Tensor, steps: int = None, path: bool = False) -
     return flow_sample(self.forward.ema, self.backward.ema, x, *self.ode_grid("forward", steps), path=path)
 
 # %% ../nbs/16_dsbm.ipynb #7fb18a08
+COUPLINGS = Registry("coupling")
+
+@COUPLINGS.register("independent")
+def independent(cfg, data: DataSpec):
+    "The independent coupling $\\mu \\otimes \\nu$ of the two ends (DSBM draws each end from its own sampler)."
+    return None
+
 @SOLVERS.register("dsbm")
 def dsbm_solver(cfg, # a run config (`dsb.config.Config`)
                 data: DataSpec, # the two ends of the bridge
@@ -249,7 +256,8 @@ def dsbm_solver(cfg, # a run config (`dsb.config.Config`)
         return (EndDrift(net, ref, direction) if getattr(cfg, "predict", "drift") == "end" else Drift(net, schedule.T)).to(device)
     forward = Direction("forward", drift(1, "forward"), data.data, schedule.forward_grid())
     backward = Direction("backward", drift(2, "backward"), data.prior, schedule.backward_grid())
-    solver = DSBM(forward, backward, ref, cache_npar=cfg.cache_npar, warm_start=cfg.warm_start,
+    coupling = COUPLINGS[getattr(cfg, "coupling", "independent")](cfg, data)
+    solver = DSBM(forward, backward, ref, cache_npar=cfg.cache_npar, warm_start=cfg.warm_start, coupling=coupling,
                   ode_steps=getattr(cfg, "ode_steps", 0), cache_shards=cfg.cache_shards)
     solver.schedule = schedule
     return solver

@@ -191,3 +191,64 @@ def test_bench_solvers_quick_prints_the_table():
     for part in ("gaussian", "2d", "transfer"):
         for solver in ("dsb", "dsbm"): assert any(l.startswith(part) and f" {solver} " in l for l in lines), (part, solver, out.stdout)
     assert "cross-cov err (SDE)" in out.stdout and "SW2/floor: SDE" in out.stdout and "ODE" in out.stdout
+
+
+def test_control_variate_cross_covariance_is_unbiased_and_precise():
+    "bench's control variate: for a linear 'network' (the exact SB drift plus a known error) it finds the chain's closed-form cross-covariance, with far less noise than the direct estimate."
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench
+    from torch import nn
+    from dsb.config import make_config
+    from dsb.data import make_data
+    from dsb.run import build_trainer, solver_transition
+    from dsb.gaussian import gaussian_problem
+    from dsb.imf import GaussianCoupling, markov_drift_gaussian
+    from dsb.core import relative_error
+    from dsb.metrics import coupling_moments
+    from dsb.dsbm import sde_sample
+    d, N = 3, 50
+    cfg = make_config(dataset="gaussian", data_dim=d, solver="dsbm", num_steps=N, gamma_min=1 / N, gamma_max=1 / N, progress=False, plots=False)
+    data = make_data(cfg)
+    tr = build_trainer(cfg, data); s = tr.solver
+    exact = data.exact_cross_cov(*solver_transition(s, cfg.var_final))
+    mean0, S0 = gaussian_problem(d)
+    eye = torch.eye(d, dtype=torch.float64)
+    t, gammas = s.forward.grid
+    K, c = markov_drift_gaussian(s.ref, GaussianCoupling(mean0, S0, torch.zeros(d), eye, exact), t[:-1] * s.ref.T, "forward")
+    D = 0.3 * torch.tensor([[1., 0.5, 0.], [0., -1., 0.], [0.2, 0., 0.5]], dtype=torch.float64)   # the 'network's' error
+    class Linear(nn.Module):
+        def forward(self, x, tn): i = round(tn.item() * N); return x @ (K[i] + D).T.to(x) + c[i].to(x)
+    s.forward.ema = Linear()
+    C = S0.clone()
+    for Ki, gi in zip(K, gammas): C = C @ (eye + gi * (Ki + D)).T          # the perturbed chain's cross-covariance, closed form
+    truth = relative_error(C, exact).item()
+    res = bench._cross_cov_cv(tr, data, cfg.var_final, exact, 20_000, 3)
+    assert abs(res["err_cv"] - truth) < 0.003 * truth + 1e-4, (res, truth)
+    x0 = data.data(20_000, torch.Generator().manual_seed(0))
+    direct = [relative_error(coupling_moments(x0, sde_sample(s.forward.ema, x0, t, gammas, s.ref.sigma, generator=torch.Generator().manual_seed(k))), C).item()
+              for k in range(3)]
+    assert res["err_cv_std"] < 0.2 * sum(direct) / 3, (res, direct)       # the direct estimate's own error is several times larger
+
+
+def test_registered_coupling_starts_dsbm(tmp_path):
+    "-p coupling NAME: iteration 0 regresses on the registered coupling's pairs (every refresh of stage 0, seeded by the block), later ones on simulated pairs."
+    from dsb.run import run
+    from dsb.dsbm import COUPLINGS
+    calls = []
+    @COUPLINGS.register("test_pairs")
+    def test_pairs(cfg, data):
+        def draw(n, generator):
+            x0 = data.data(n, generator); xT = data.prior(n, generator)
+            calls.append((n, generator.initial_seed(), x0[:2].clone()))
+            return x0, xT
+        return draw
+    try:
+        with pytest.raises(ValueError, match="coupling='test_pairs' applies to solver='dsbm'"):
+            run(**{**TINY, "solver": "dsb", "coupling": "test_pairs"}, out_dir=str(tmp_path / "no"))
+        res = run(**TINY, coupling="test_pairs", out_dir=str(tmp_path))
+        assert len(calls) == TINY["num_iter"] // TINY["cache_refresh"]                  # stage 0 of iteration 0 only
+        assert all(n == TINY["cache_npar"] for n, _, _ in calls) and len({s for _, s, _ in calls}) == len(calls)
+        assert json.loads((Path(res["run_dir"]) / "config.json").read_text())["coupling"] == "test_pairs"
+        with pytest.raises(ValueError, match="coupling='independent' differs from the run being resumed"):
+            run(resume=res["run_dir"], coupling="independent", n_ipf=3)
+    finally: COUPLINGS.entries.pop("test_pairs", None)
