@@ -17,7 +17,7 @@ from .reference import Schedule, sample_chain, sample_path
 from .models import MODELS
 from .data import DataSpec
 from .trainer import SOLVERS
-from .ipf import Direction, TwoWay, DSB, shard_sizes
+from .ipf import Direction, TwoWay, DSB, local_shards
 from .imf import LinearReference, bridge_sample
 
 # %% auto #0
@@ -162,13 +162,9 @@ def simulate_shards(simulate: Callable, # simulate(x_start, generator) -> x_end
                     policy,             # `DevicePolicy`: device, rank, number of processes
                    ) -> tuple[Tensor, Tensor]: # start points and end points, (npar, *shape) each, in shard order
     "`npar` simulated pairs in `shards` seeded shards, each process simulating its own and all of them gathered (DSB's `build_shards` for pairs)."
-    if shards % policy.world:
-        raise ValueError(f"parameter cache_shards={shards} must be a multiple of the number of processes ({policy.world})")
-    sizes, per = shard_sizes(npar, shards), shards // policy.world
     starts, ends = [], []
-    for s in range(policy.rank * per, (policy.rank + 1) * per):
-        x = start(sizes[s], torch.Generator().manual_seed(derive_seed(seed, s, 0))).to(policy.device)
-        starts.append(x); ends.append(simulate(x, policy.generator(derive_seed(seed, s, 1))))
+    for x, generator in local_shards(start, npar, seed, shards, policy):
+        starts.append(x); ends.append(simulate(x, generator))
     return policy.gather(torch.cat(starts), 0), policy.gather(torch.cat(ends), 0)
 
 @patch

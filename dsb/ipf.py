@@ -23,7 +23,7 @@ from .data import DataSpec
 from .trainer import Solver, SOLVERS
 
 # %% auto #0
-__all__ = ['STEP_WEIGHTS', 'Cache', 'build_cache', 'shard_sizes', 'build_shards', 'Direction', 'TwoWay', 'DSB',
+__all__ = ['STEP_WEIGHTS', 'Cache', 'build_cache', 'shard_sizes', 'local_shards', 'build_shards', 'Direction', 'TwoWay', 'DSB',
            'available_memory', 'check_cache_memory', 'dsb_solver']
 
 # %% ../nbs/10_ipf.ipynb #6d272a35
@@ -76,6 +76,20 @@ def shard_sizes(n: int, shards: int) -> list[int]:
     "Sizes of `shards` nearly equal parts of `n` (the first `n % shards` are one larger)."
     return [n // shards + (s < n % shards) for s in range(shards)]
 
+def local_shards(start: Callable,      # `start(n, generator) -> (n, *shape)` starting states
+                 npar: int,           # states in the whole block
+                 seed: int,           # the block's seed; shard s uses streams (seed, s, 0) and (seed, s, 1)
+                 shards: int,         # independently seeded parts, a multiple of `policy.world`
+                 policy: DevicePolicy, # device, this process's rank and the number of processes
+                ):
+    "This process's shards in order: each one's starting states (on the policy's device) and the generator of its noise."
+    if shards % policy.world:
+        raise ValueError(f"parameter cache_shards={shards} must be a multiple of the number of processes ({policy.world})")
+    sizes, per = shard_sizes(npar, shards), shards // policy.world
+    for s in range(policy.rank * per, (policy.rank + 1) * per):
+        x0 = start(sizes[s], torch.Generator().manual_seed(derive_seed(seed, s, 0))).to(policy.device)
+        yield x0, policy.generator(derive_seed(seed, s, 1))
+
 def build_shards(sample_fn: Callable, # mean function that simulates the chain
                  start: Callable,     # `start(n, generator) -> (n, *shape)` starting states
                  npar: int,           # chains in the whole cache
@@ -85,13 +99,9 @@ def build_shards(sample_fn: Callable, # mean function that simulates the chain
                  policy: DevicePolicy, # device, chunk size, this process's rank and the number of processes
                 ) -> Cache:
     "A cache of `npar` chains built in `shards` independently seeded shards, split among the processes and gathered in shard order."
-    if shards % policy.world:
-        raise ValueError(f"parameter cache_shards={shards} must be a multiple of the number of processes ({policy.world})")
-    sizes, per = shard_sizes(npar, shards), shards // policy.world
     xs, targets = [], []
-    for s in range(policy.rank * per, (policy.rank + 1) * per):
-        x0 = start(sizes[s], torch.Generator().manual_seed(derive_seed(seed, s, 0))).to(policy.device)
-        c = build_cache(sample_fn, x0, t, gammas, generator=policy.generator(derive_seed(seed, s, 1)), chunk=policy.cache_chunk)
+    for x0, generator in local_shards(start, npar, seed, shards, policy):
+        c = build_cache(sample_fn, x0, t, gammas, generator=generator, chunk=policy.cache_chunk)
         xs.append(c.x.unflatten(0, (c.num_steps, c.npar))); targets.append(c.target.unflatten(0, (c.num_steps, c.npar)))
     x, target = policy.gather(torch.cat(xs, 1), 1), policy.gather(torch.cat(targets, 1), 1)
     return Cache(x.flatten(0, 1), target.flatten(0, 1), c.t, npar)

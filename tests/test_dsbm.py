@@ -252,3 +252,22 @@ def test_registered_coupling_starts_dsbm(tmp_path):
         with pytest.raises(ValueError, match="coupling='independent' differs from the run being resumed"):
             run(resume=res["run_dir"], coupling="independent", n_ipf=3)
     finally: COUPLINGS.entries.pop("test_pairs", None)
+
+
+def test_bench_scores_a_perfect_model_near_one_and_a_shrunk_one_far_above():
+    "bench's 2d score is a ratio of means: fresh data as the 'model' scores about 1 (the mean of per-draw ratios would not), a shrunk copy of the data far above."
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench
+    from types import SimpleNamespace
+    from dsb.config import make_config
+    from dsb.data import make_data
+    data = make_data(make_config(data="8gaussians", device="cpu"))
+    g = torch.Generator().manual_seed(99)
+    solver = SimpleNamespace(to_data=lambda x, generator=None: data.data(len(x), g),   # a perfect sampler
+                             ode_to_data=lambda x: 0.9 * data.data(len(x), g))         # clusters pulled 10 % to the centre
+    res = bench._sample_scores(SimpleNamespace(solver=solver), data, 30, 2000, torch.device("cpu"), floor_draws=60)
+    assert res["floor_draws"] == 60 and res["draws"] == 30 and res["sde_ratio_se"] > 0
+    assert abs(res["sde_ratio"] - 1) < 3 * res["sde_ratio_se"] and res["sde_ratio_se"] < 0.1, res
+    assert res["ode_ratio"] > 1 + 5 * res["ode_ratio_se"], res
+    cal = bench.calibrate(torch.device("cpu"), names=("8gaussians",), n=2000, draws=30)["rows"][0]
+    assert cal["mean_of_ratios"] > cal["ratio_of_means"]      # Jensen: the per-draw mean is biased upwards
