@@ -7,6 +7,9 @@ Prints figures; asserts nothing about time. Usage:
     python bench/bench.py gaussian              # d=5 coupling vs closed form and DSB's exact iterate (04's GAUSSIAN_BENCHMARK)
     python bench/bench.py solvers               # DSB vs DSBM: Gaussian d=5, 20 at T=0.5, 1, 2; 2d and transfer SW2/floor, SDE and ODE
     python bench/bench.py solvers --only 2d     # one part of the solver table: gaussian, 2d or transfer
+    python bench/bench.py solvers --only 2d --set num_iter=1000   # the 2d / transfer rows with other config fields
+    python bench/bench.py calibrate             # how the 2d score rates fresh data (a perfect model)
+    python bench/bench.py grid                  # the exact first-iteration DSBM drift on 20-100 step grids
     python bench/bench.py all --device cuda     # everything, on a GPU
     python bench/bench.py speed --quick         # tiny sizes (what the tests run)
 
@@ -243,6 +246,68 @@ def _sample_scores(tr, data, draws, n, device, floor_draws=FLOOR_DRAWS, key=None
     return res
 
 
+class _ExactIteration0:
+    """The exact backward drift of DSBM's first iteration (the Markovian projection of reference bridges between
+    data and prior drawn independently) for 8gaussians (a Gaussian mixture) and checker (a mixture of uniform
+    squares): E[x_0 | x_t] in closed form, then `end_drift`. Sampled on a grid, it measures the grid's own share
+    of SW2 / floor, with no network in the way."""
+    def __init__(self, name, ref):
+        import math as m
+        self.name, self.ref = name, ref
+        if name == "8gaussians":
+            r, self.s = 4 / m.sqrt(8.25), 0.5 / m.sqrt(8.25)
+            self.centres = torch.tensor([[r * m.cos(m.pi / 4 * k), r * m.sin(m.pi / 4 * k)] for k in range(8)], dtype=torch.float64)
+        elif name == "checker":
+            c = 1 / m.sqrt(4 / 3)
+            self.boxes = torch.tensor([[x1 * c, (x1 + 1) * c, x2 * c, (x2 + 1) * c] for x1 in (-2, -1, 0, 1)
+                                       for x2 in ((0, -2) if x1 % 2 == 0 else (1, -1))], dtype=torch.float64)
+        else: raise ValueError(f"exact drift known for 8gaussians and checker, not {name!r}")
+
+    def posterior_mean(self, x, al, tau2):
+        "E[x_0 | x_t = x] when x_t = al x_0 + N(0, tau2 I) (the prior end integrated out)."
+        if self.name == "8gaussians":
+            var = al ** 2 * self.s ** 2 + tau2
+            logw = -((x[:, None] - al * self.centres) ** 2).sum(-1) / (2 * var)
+            post = self.centres + (al * self.s ** 2 / var) * (x[:, None] - al * self.centres)
+        else:  # per coordinate x_0 | x ~ N(x / al, tau2 / al^2) truncated to the box
+            N01, al = torch.distributions.Normal(0., 1.), max(al, 1e-4)
+            m, sd = x[:, None] / al, math.sqrt(tau2) / al
+            lo, hi = self.boxes[None, :, 0::2], self.boxes[None, :, 1::2]
+            a, b = (lo - m) / sd, (hi - m) / sd
+            Z = (N01.cdf(b) - N01.cdf(a)).clamp_min(1e-300)
+            post = m + sd * (N01.log_prob(a).exp() - N01.log_prob(b).exp()) / Z
+            logw = Z.log().sum(-1)
+        return (torch.softmax(logw, 1)[..., None] * post).sum(1)
+
+    def __call__(self, x, t_norm):
+        from dsb.dsbm import end_drift
+        x, t = x.double(), torch.as_tensor(t_norm, dtype=torch.float64) * self.ref.T
+        al, be, rho = (float(v) for v in self.ref.bridge(t))
+        return end_drift(self.ref, x, t, self.posterior_mean(x, al, be ** 2 + rho), "backward").float()
+
+
+def exact_grid(device, quick=False, names=("8gaussians", "checker"), steps=(20, 40, 100), draws=20, n=10_000, floor_draws=FLOOR_DRAWS, **_):
+    "SW2 / floor of the exact first-iteration DSBM drift sampled by Euler–Maruyama on uniform grids of `steps` steps (the default 2d T)."
+    from dsb.imf import LinearReference
+    from dsb.dsbm import sde_sample, uniform_grid
+    if quick: steps, draws, n = (5,), 2, 500
+    rows = []
+    for name in names:
+        cfg = make_config(data=name, device="cpu")
+        data, T = make_data(cfg), Schedule.from_params(cfg.num_steps, cfg.gamma_min, cfg.gamma_max, cfg.gamma_space).T
+        drift = _ExactIteration0(name, LinearReference.ou(T, cfg.var_final, cfg.mean_final))
+        floor = sw2_floor(data, n, 4 if quick else floor_draws, key=("2d", name))
+        for N in steps:
+            t, gammas = uniform_grid(N, T, "backward")
+            vals = [_sw(sde_sample(drift, data.prior(n, torch.Generator().manual_seed(10 + k)), t, gammas, math.sqrt(2.),
+                                   generator=torch.Generator().manual_seed(4000 + k), noise_last=False), _held(data, n, k)[0], k)
+                    for k in range(draws)]
+            r, r_se = _ratio(_mean_se(vals), floor)
+            rows.append({"data": name, "steps": N, "T": T, "ratio": r, "ratio_se": r_se, "draws": draws})
+            print(f"exact first-iteration drift  {name:11s} {N:4d} uniform steps  SW2 / floor {r:.3f} ± {r_se:.3f}", flush=True)
+    return {"device": "cpu", "rows": rows}
+
+
 def calibrate(device, names=("scurve", "checker", "8gaussians"), n=10_000, draws=60, group=5, **_):
     "Fresh data as the model: the mean of per-draw ratios (biased) vs the ratio of means, over `draws` draws and in groups of `group`."
     from dsb.config import make_config
@@ -383,6 +448,7 @@ def _show_solver_row(r):
 
 def show(name, res):
     print(f"\n== {name} ({res.get('device')})")
+    if name == "grid": return     # printed row by row
     if name == "calibrate":
         g = res["group"]
         print(f"fresh data as the model, {res['draws']} draws of {res['n']} points; the spreads are those of {g}-draw averages")
@@ -412,7 +478,7 @@ def show(name, res):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("speed", "quality", "gaussian", "solvers", "calibrate", "all"))
+    p.add_argument("what", choices=("speed", "quality", "gaussian", "solvers", "calibrate", "grid", "all"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
     p.add_argument("--only", choices=("gaussian", "2d", "transfer"), help="solvers: one part of the table")
@@ -440,11 +506,11 @@ def main(argv=None):
     if device.type == "cpu": tune_malloc()
     OUT.mkdir(parents=True, exist_ok=True)
     results = {}
-    if a.what == "calibrate":
-        res = calibrate(device, draws=4 if a.quick else 60, n=500 if a.quick else 10_000)
-        show("calibrate", res)
-        if not a.quick: (OUT / "calibrate-cpu.json").write_text(json.dumps(res, indent=1))
-        return {"calibrate": res}
+    if a.what in ("calibrate", "grid"):
+        res = calibrate(device, draws=4 if a.quick else 60, n=500 if a.quick else 10_000) if a.what == "calibrate" else exact_grid(device, a.quick)
+        show(a.what, res)
+        if not a.quick: (OUT / f"{a.what}-cpu.json").write_text(json.dumps(res, indent=1))
+        return {a.what: res}
     for name, fn in (("speed", speed), ("quality", quality), ("gaussian", gaussian), ("solvers", solvers)):
         if a.what in (name, "all"):
             res = fn(device, quick=a.quick, only=a.only, budget_s=a.budget, dims=a.dims, horizons=a.horizons, names=a.solvers, data=a.data, clock=a.clock,
