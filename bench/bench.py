@@ -165,7 +165,13 @@ SOLVER_GAUSSIAN = {  # per solver: chain steps N (DSBM's Euler grid may be finer
 # lr (scurve after 5 iterations: 1.93 at 3e-3, 1.92 at 1e-3; 5.7 after one at 1e-2 against 5.1 at 1e-3). DSBM's stages are
 # 2,000 steps: on checker, fewer longer stages in the same 120 CPU s gave SW2 / floor 1.95 (500 steps), 1.65 (1,000), 1.36
 # (2,000), ratio of means, 10-30 draws; `--set num_iter=1000` runs the shorter stages.
-SOLVER_2D = {"dsb": dict(n_ipf=50, num_iter=1000), "dsbm": dict(n_ipf=50, num_iter=2000, cache_refresh=250, cache_npar=5000, lr=1e-2)}
+# DSBM is continuous-time, so its chain is only an Euler grid: 80 steps of 0.0025 keep the horizon T = 0.2 of DSB's
+# 20 x 0.01 (`bench grid`: the exact first-iteration drift scores 2.15 on checker at 20 steps, 1.38 at 40, 1.06 at 100).
+# Batches of 2,048: eager overhead dominates a step of the small MLP, so 4x the batch costs about 1.8x the time. Checker
+# at 2 CPU minutes (SDE, ratio of means, 20 draws, +- standard errors; 2026-11-29): 20 steps, batch 512: 1.38 +- 0.05;
+# 40 steps: 1.35 +- 0.06 (batch 1,024: 1.32, 2,048: 1.28); 80 steps: 1.31 +- 0.06 (batch 1,024: 1.29, 2,048: 1.20 +- 0.05).
+SOLVER_2D = {"dsb": dict(n_ipf=50, num_iter=1000), "dsbm": dict(n_ipf=50, num_iter=2000, cache_refresh=250, cache_npar=5000, lr=1e-2,
+                                                        num_steps=80, gamma_min=0.0025, gamma_max=0.0025, batch_size=2048)}
 
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
@@ -398,7 +404,7 @@ def _cross_cov_cv(tr, data, var_final, exact, m, draws=5):
 
 def _points_row(part, name, solver, device, quick, budget_s, draws, n, clock="cpu", overrides=None, **extra):
     p = {**SOLVER_2D[solver], **extra, **(overrides or {})}
-    if quick: p.update(n_ipf=2, num_iter=50, cache_npar=300, cache_refresh=25)
+    if quick: p.update(n_ipf=2, num_iter=50, cache_npar=300, cache_refresh=25, batch_size=256)
     tr, cfg, data, times = _train(dict(p, solver=solver), device, None if quick else budget_s, clock)
     scores = _sample_scores(tr, data, 2 if quick else draws, 500 if quick else n, device, 4 if quick else FLOOR_DRAWS,
                             key=(part, name))
