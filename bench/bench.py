@@ -8,6 +8,7 @@ Prints figures; asserts nothing about time. Usage:
     python bench/bench.py solvers               # DSB vs DSBM: Gaussian d=5, 20 at T=0.5, 1, 2; 2d and transfer SW2/floor, SDE and ODE
     python bench/bench.py solvers --only 2d     # one part of the solver table: gaussian, 2d or transfer
     python bench/bench.py solvers --only 2d --set num_iter=1000   # the 2d / transfer rows with other config fields
+    python bench/bench.py solvers --only 2d --solvers dsbm --seeds 0 1 2   # each row's mean over three training seeds
     python bench/bench.py calibrate             # how the 2d score rates fresh data (a perfect model)
     python bench/bench.py grid                  # the exact first-iteration DSBM drift on 20-100 step grids
     python bench/bench.py all --device cuda     # everything, on a GPU
@@ -177,16 +178,18 @@ SOLVER_2D = {"dsb": dict(n_ipf=50, num_iter=1000), "dsbm": dict(n_ipf=50, num_it
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 
 class Budget(Callback):
-    "Stop at the end of the first iteration after which another one would overrun `seconds` of this process's CPU time, or of wall time (evaluation included)."
+    """Stop at the end of the first stage after which another stage would overrun `seconds` of this process's CPU time (or
+    of wall time), timing stages by the longest so far. A stage, not an iteration: on a slow day a run loses one stage, not
+    half of its training (the backward network that samples the data is trained in every iteration's first stage)."""
     order = 90
     def __init__(self, seconds, clock="cpu"): self.seconds, self.clock = seconds, CLOCKS[clock]
     # CPU time by default, not wall time: on a shared machine wall time measures the neighbours; with one
     # thread (OMP_NUM_THREADS=1) CPU seconds are the wall seconds of an idle core. `clock='wall'` counts
     # wall seconds (all threads of an otherwise idle machine: what "2 minutes on this CPU" means)
-    def before_fit(self, tr): self.t0 = self.t_it = self.clock(); self.longest = 0.
-    def after_iteration(self, tr):
-        now = self.clock(); self.longest = max(self.longest, now - self.t_it); self.t_it = now
-        self.iterations = tr.iteration + 1
+    def before_fit(self, tr): self.t0 = self.t_stage = self.clock(); self.longest = 0.; self.stages = 0
+    def after_stage(self, tr):
+        now = self.clock(); self.longest = max(self.longest, now - self.t_stage); self.t_stage = now
+        self.stages += 1
         if now - self.t0 + self.longest > self.seconds: raise CancelFit
     def after_fit(self, tr): self.used = self.clock() - self.t0
 
@@ -408,29 +411,52 @@ def _points_row(part, name, solver, device, quick, budget_s, draws, n, clock="cp
     tr, cfg, data, times = _train(dict(p, solver=solver), device, None if quick else budget_s, clock)
     scores = _sample_scores(tr, data, 2 if quick else draws, 500 if quick else n, device, 4 if quick else FLOOR_DRAWS,
                             key=(part, name))
-    it = tr.position[0] if tr.position[1] == 0 and tr.position[2] == 0 else tr.position[0] + 1
-    budget = f"{it}x2x{cfg.num_iter} steps"
+    it, stage, step = tr.position
+    stages = 2 * it + stage + (step > 0)
+    budget = f"{stages} stage{'s' * (stages != 1)} ({' '.join('BF'[k % 2] for k in range(stages))}) of {cfg.num_iter} steps"
     return {"part": part, "solver": solver, "data": name, **scores, "budget": budget, **times}
 
 
+def _over_seeds(rows):
+    """One row from the same 2d / transfer row trained with several seeds: SW2 / floor as the mean over the seeds, with the
+    standard error over the seeds (the training seed moves a 2d score by more than one model's sampling noise), and each seed's."""
+    out = {k: v for k, v in rows[0].items() if k in ("part", "solver", "data", "floor", "floor_se", "floor_draws", "draws")}
+    out["seeds"] = [r["seed"] for r in rows]
+    for name in ("sde_ratio", "ode_ratio"):
+        vals = [r[name] for r in rows]
+        out[name], out[name + "_se"] = _mean_se(vals)
+        out[name + "_per_seed"] = vals
+    out["budget"] = " / ".join(r["budget"] for r in rows)
+    out["cpu_s"], out["wall_s"] = (statistics.mean(r[k] for r in rows) for k in ("cpu_s", "wall_s"))
+    return out
+
+
 def solvers(device, quick=False, only=None, budget_s=120., draws=20, n=10_000, dims=(5, 20), horizons=(0.5, 1., 2.), tag="",
-            names=("dsb", "dsbm"), data=None, clock="cpu", overrides=None):
-    "DSB vs DSBM: Gaussian cross-covariance vs the closed form; 2d and transfer SW2 / floor with SDE and ODE sampling; wall times."
+            names=("dsb", "dsbm"), data=None, clock="cpu", overrides=None, seeds=None):
+    """DSB vs DSBM: Gaussian cross-covariance vs the closed form; 2d and transfer SW2 / floor with SDE and ODE sampling; wall times.
+    `seeds`: train each 2d / transfer row once per seed and report the mean over the seeds (`_over_seeds`)."""
     rows = []
     def add(row):
         rows.append(row); _show_solver_row(row)
         if not quick: (OUT / f"solvers{tag}-{device.type}.json").write_text(json.dumps({"device": str(device), "rows": rows}, indent=1))
+    def points(*args, **extra):
+        if not seeds: return add(_points_row(*args, clock, overrides, **extra))
+        per = []
+        for seed in seeds:
+            per.append(_points_row(*args, clock, {**(overrides or {}), "seed": seed}, **extra))
+            per[-1]["seed"] = seed; print("  seed", seed, end=": "); _show_solver_row(per[-1])
+        add(_over_seeds(per))
     if only in (None, "gaussian"):
         for d in ((5,) if quick else dims):
             for T in ((1.,) if quick else horizons):
                 for solver in names: add(_gaussian_row(solver, d, T, device, quick))
     if only in (None, "2d"):
         for name in (("scurve",) if quick else data or ("scurve", "checker", "8gaussians")):
-            for solver in names: add(_points_row("2d", name, solver, device, quick, budget_s, draws, n, clock, overrides, data=name))
+            for solver in names: points("2d", name, solver, device, quick, budget_s, draws, n, data=name)
     if only in (None, "transfer"):
         for a, b in (TRANSFER_PAIRS[:1] if quick else [(a, b) for a, b in TRANSFER_PAIRS if not data or f"{a}-{b}" in data]):
             for solver in names:
-                add(_points_row("transfer", f"{a}-{b}", solver, device, quick, budget_s, draws, n, clock, overrides, data=a, data_transfer=b, transfer=True))
+                points("transfer", f"{a}-{b}", solver, device, quick, budget_s, draws, n, data=a, data_transfer=b, transfer=True)
     return {"device": str(device), "rows": rows}
 
 
@@ -443,6 +469,11 @@ def _show_solver_row(r):
         if "err_cv" in r:
             print(f"{'':24s}control variate: cross-cov err {100 * r['err_cv']:6.2f} ± {100 * r['err_cv_std']:.2f} % ({r['cv_pairs']} pairs x {r['cv_draws']} draws; "
                   f"the exact drift on the same grid: {100 * r['grid_err']:.2f} %)", flush=True)
+    elif "seeds" in r:
+        each = lambda k: ", ".join(f"{v:.2f}" for v in r[k + "_per_seed"])
+        print(f"{r['part']:8s} {r['data']:18s} {r['solver']:5s} SW2/floor, mean of {len(r['seeds'])} training seeds {r['seeds']}: "
+              f"SDE {r['sde_ratio']:.2f} ± {r['sde_ratio_se']:.2f} ({each('sde_ratio')})  ODE {r['ode_ratio']:.2f} ± {r['ode_ratio_se']:.2f} "
+              f"({each('ode_ratio')})  (± standard errors over the seeds)   cpu {r['cpu_s']:5.0f} s per seed", flush=True)
     else:
         print(f"{r['part']:8s} {r['data']:18s} {r['solver']:5s} SW2/floor: SDE {r['sde_ratio']:.2f} ± {r['sde_ratio_se']:.2f}  "
               f"ODE {r['ode_ratio']:.2f} ± {r['ode_ratio_se']:.2f}  (floor {r['floor']:.4f} ± {r['floor_se']:.4f}, {r['floor_draws']} draws; "
@@ -495,6 +526,8 @@ def main(argv=None):
     p.add_argument("--horizons", type=float, nargs="+", default=[0.5, 1., 2.], help="solvers: Gaussian horizons T")
     p.add_argument("--draws", type=int, default=20, help=f"solvers: draws of 10,000 generated points per 2d / transfer row "
                    f"(the floor takes {FLOOR_DRAWS})")
+    p.add_argument("--seeds", type=int, nargs="+", help="solvers: train each 2d / transfer row with each of these seeds and report "
+                   "the mean over them, e.g. --seeds 0 1 2 (a 2d score moves more with the training seed than with sampling)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="solvers: config fields for the 2d / transfer rows "
                    "in place of SOLVER_2D's, e.g. --set num_iter=1000 lr=0.003 (added to the output file's name)")
     a = p.parse_args(argv)
@@ -504,6 +537,7 @@ def main(argv=None):
         if not sep: p.error(f"--set takes KEY=VALUE, got {item!r}")
         try: overrides[key] = json.loads(value)
         except json.JSONDecodeError: overrides[key] = value
+    if a.seeds and "seed" in overrides: p.error("give the training seed by --seeds or by --set seed=N, not both")
     try: make_config(**overrides)            # a bad field or value fails here, before any training
     except (TypeError, ValueError) as e: p.error(f"--set: {e}")
     device = get_device(a.device)
@@ -518,7 +552,8 @@ def main(argv=None):
     for name, fn in (("speed", speed), ("quality", quality), ("gaussian", gaussian), ("solvers", solvers)):
         if a.what in (name, "all"):
             res = fn(device, quick=a.quick, only=a.only, budget_s=a.budget, dims=a.dims, horizons=a.horizons, names=a.solvers, data=a.data, clock=a.clock,
-                     draws=a.draws, overrides=overrides, tag="".join(f"-{x}" for x in [a.only or "all", *a.solvers, *a.set])) if name == "solvers" else fn(device, quick=a.quick)
+                     draws=a.draws, overrides=overrides, seeds=a.seeds,
+                     tag="".join(f"-{x}" for x in [a.only or "all", *a.solvers, *a.set, *(["seeds" + "".join(map(str, a.seeds))] if a.seeds else [])])) if name == "solvers" else fn(device, quick=a.quick)
             results[name] = res
             show(name, res)
             if not a.quick and name != "solvers": (OUT / f"{name}-{device.type}.json").write_text(json.dumps(res, indent=1))

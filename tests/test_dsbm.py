@@ -193,6 +193,42 @@ def test_bench_solvers_quick_prints_the_table():
     assert "cross-cov err (SDE)" in out.stdout and "SW2/floor: SDE" in out.stdout and "ODE" in out.stdout
 
 
+def test_bench_seeds_average_the_training_seeds(capsys):
+    "`bench solvers --seeds`: one row per data set, the mean of the per-seed SW2 / floor with its standard error over the seeds; `--seeds` with `--set seed=N` is refused before any training."
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench
+    rows = [{"part": "2d", "solver": "dsbm", "data": "checker", "floor": 0.01, "floor_se": 0.001, "floor_draws": 100, "draws": 20,
+             "sde_ratio": v, "ode_ratio": v + 0.1, "sde_ratio_se": 0.05, "ode_ratio_se": 0.05, "seed": k, "budget": "2x2x2000 steps",
+             "cpu_s": 110. + k, "wall_s": 120.} for k, v in enumerate((1.2, 1.3, 1.1))]
+    r = bench._over_seeds(rows)
+    assert r["seeds"] == [0, 1, 2] and r["sde_ratio_per_seed"] == [1.2, 1.3, 1.1]
+    assert r["sde_ratio"] == pytest.approx(1.2) and r["ode_ratio"] == pytest.approx(1.3)
+    assert r["sde_ratio_se"] == pytest.approx(0.1 / 3 ** 0.5) and r["cpu_s"] == pytest.approx(111.)
+    bench._show_solver_row(r)
+    assert "mean of 3 training seeds [0, 1, 2]: SDE 1.20 ± 0.06 (1.20, 1.30, 1.10)" in capsys.readouterr().out
+    with pytest.raises(SystemExit): bench.main(["solvers", "--only", "2d", "--seeds", "0", "1", "--set", "seed=3"])
+    assert "not both" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seconds, stages", [(19, 1), (29, 2), (45, 4), (55, 5)])
+def test_bench_budget_stops_at_the_last_stage_that_fits(seconds, stages):
+    "bench's `Budget` with 10 s stages stops at the end of the last stage that fits in `seconds`, whichever stage it is."
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench
+    from types import SimpleNamespace
+    now = [0.]
+    bench.CLOCKS["test"] = lambda: now[0]
+    try:
+        b, tr = bench.Budget(seconds, "test"), SimpleNamespace(position=(0, 0, 0))
+        b.before_fit(tr)
+        with pytest.raises(bench.CancelFit):
+            for k in range(100):
+                now[0] += 10.
+                b.after_stage(tr)
+        assert b.stages == stages
+    finally: bench.CLOCKS.pop("test")
+
+
 def test_control_variate_cross_covariance_is_unbiased_and_precise():
     "bench's control variate: for a linear 'network' (the exact SB drift plus a known error) it finds the chain's closed-form cross-covariance, with far less noise than the direct estimate."
     sys.path.insert(0, str(ROOT / "bench"))
