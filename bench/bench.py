@@ -163,16 +163,23 @@ SOLVER_GAUSSIAN = {  # per solver: chain steps N (DSBM's Euler grid may be finer
 }
 # DSBM's 2d rows use lr 1e-2: at 2 minutes its drift regression is limited by optimisation (scurve, SW2 / floor after one
 # iteration of 2 x 1,000 steps: 7.1 at lr 1e-3, 4.2 at 3e-3, 1.9 at 1e-2); DSB's mean matching gained nothing from a larger
-# lr (scurve after 5 iterations: 1.93 at 3e-3, 1.92 at 1e-3; 5.7 after one at 1e-2 against 5.1 at 1e-3). DSBM's stages are
-# 2,000 steps: on checker, fewer longer stages in the same 120 CPU s gave SW2 / floor 1.95 (500 steps), 1.65 (1,000), 1.36
-# (2,000), ratio of means, 10-30 draws; `--set num_iter=1000` runs the shorter stages.
+# lr (scurve after 5 iterations: 1.93 at 3e-3, 1.92 at 1e-3; 5.7 after one at 1e-2 against 5.1 at 1e-3).
 # DSBM is continuous-time, so its chain is only an Euler grid: 80 steps of 0.0025 keep the horizon T = 0.2 of DSB's
 # 20 x 0.01 (`bench grid`: the exact first-iteration drift scores 2.15 on checker at 20 steps, 1.38 at 40, 1.06 at 100).
-# Batches of 2,048: eager overhead dominates a step of the small MLP, so 4x the batch costs about 1.8x the time. Checker
-# at 2 CPU minutes (SDE, ratio of means, 20 draws, +- standard errors; 2026-11-29): 20 steps, batch 512: 1.38 +- 0.05;
-# 40 steps: 1.35 +- 0.06 (batch 1,024: 1.32, 2,048: 1.28); 80 steps: 1.31 +- 0.06 (batch 1,024: 1.29, 2,048: 1.20 +- 0.05).
-SOLVER_2D = {"dsb": dict(n_ipf=50, num_iter=1000), "dsbm": dict(n_ipf=50, num_iter=2000, cache_refresh=250, cache_npar=5000, lr=1e-2,
+# Batches of 2,048 (checker, seed 0, 80 steps: 1.31 at 512, 1.29 at 1,024, 1.20 at 2,048; 4,096 x 1,200 steps: 1.31,
+# 1.30 on seeds 0 and 1). At 2,048 a step is compute-bound (the 128 x 128 products are 60 % of it), so more steps need
+# more time: stages of 2,200 steps make three stages, backward, forward, backward (the one that samples), in 107-111 CPU
+# s here (2026-11-30; 17.6 ms a step on a slow day would still fit), and beat 2,000 on each of checker's seeds 0-5
+# (mean 1.21 against 1.28; README). Not better, checker seeds 0 and 1 (`--set`): lr 5e-3 (1.30, 1.33) or 2e-2
+# (1.24, 1.31), no gradient clipping (1.29, 1.31), lr_decay 0.01 (1.26, 1.28), 10,000 pairs per refresh (1.42, seed 0),
+# a wider x-encoder, a mini-batch Sinkhorn coupling for iteration 0 (1.19, 1.28, and 1.58 on seed 2), predict='end'
+# (1.29, seed 0). ema_rate above 0.995 changes nothing in runs this short: EMA's warm-up, min(rate, (1 + u)/(10 + u))
+# after u updates, stays below 0.998 for the first 4,000.
+# The transfer rows (60 CPU s) keep stages of 2,000 steps, a backward and a forward stage: stages of 1,400 steps scored
+# worse (scurve-circle 1.50, swiss-moon 1.51, 8gaussians-checker 1.38, against 1.24, 1.27, 1.39).
+SOLVER_2D = {"dsb": dict(n_ipf=50, num_iter=1000), "dsbm": dict(n_ipf=50, num_iter=2200, cache_refresh=250, cache_npar=5000, lr=1e-2,
                                                         num_steps=80, gamma_min=0.0025, gamma_max=0.0025, batch_size=2048)}
+TRANSFER_2D = {"dsb": {}, "dsbm": dict(num_iter=2000)}   # the transfer rows' changes to SOLVER_2D
 
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
@@ -456,7 +463,8 @@ def solvers(device, quick=False, only=None, budget_s=120., draws=20, n=10_000, d
     if only in (None, "transfer"):
         for a, b in (TRANSFER_PAIRS[:1] if quick else [(a, b) for a, b in TRANSFER_PAIRS if not data or f"{a}-{b}" in data]):
             for solver in names:
-                points("transfer", f"{a}-{b}", solver, device, quick, budget_s, draws, n, data=a, data_transfer=b, transfer=True)
+                points("transfer", f"{a}-{b}", solver, device, quick, budget_s, draws, n, data=a, data_transfer=b, transfer=True,
+                       **TRANSFER_2D[solver])
     return {"device": str(device), "rows": rows}
 
 
@@ -538,7 +546,8 @@ def main(argv=None):
         try: overrides[key] = json.loads(value)
         except json.JSONDecodeError: overrides[key] = value
     if a.seeds and "seed" in overrides: p.error("give the training seed by --seeds or by --set seed=N, not both")
-    try: make_config(**overrides)            # a bad field or value fails here, before any training
+    try:                                     # a bad field or value fails here, before any training, for each solver run
+        for solver in a.solvers: make_config(**{"solver": solver, **overrides})
     except (TypeError, ValueError) as e: p.error(f"--set: {e}")
     device = get_device(a.device)
     if device.type == "cpu": tune_malloc()
@@ -553,7 +562,8 @@ def main(argv=None):
         if a.what in (name, "all"):
             res = fn(device, quick=a.quick, only=a.only, budget_s=a.budget, dims=a.dims, horizons=a.horizons, names=a.solvers, data=a.data, clock=a.clock,
                      draws=a.draws, overrides=overrides, seeds=a.seeds,
-                     tag="".join(f"-{x}" for x in [a.only or "all", *a.solvers, *a.set, *(["seeds" + "".join(map(str, a.seeds))] if a.seeds else [])])) if name == "solvers" else fn(device, quick=a.quick)
+                     tag="".join(f"-{x}" for x in [a.only or "all", *a.solvers, *(a.data or []), *a.set,
+                                                   *(["seeds" + "".join(map(str, a.seeds))] if a.seeds else [])])) if name == "solvers" else fn(device, quick=a.quick)
             results[name] = res
             show(name, res)
             if not a.quick and name != "solvers": (OUT / f"{name}-{device.type}.json").write_text(json.dumps(res, indent=1))

@@ -208,6 +208,8 @@ def test_bench_seeds_average_the_training_seeds(capsys):
     assert "mean of 3 training seeds [0, 1, 2]: SDE 1.20 ± 0.06 (1.20, 1.30, 1.10)" in capsys.readouterr().out
     with pytest.raises(SystemExit): bench.main(["solvers", "--only", "2d", "--seeds", "0", "1", "--set", "seed=3"])
     assert "not both" in capsys.readouterr().err
+    with pytest.raises(SystemExit): bench.main(["solvers", "--only", "2d", "--solvers", "dsb", "--set", "predict=end"])
+    assert "predict='end' applies to solver='dsbm'" in capsys.readouterr().err   # checked against the solvers that run
 
 
 @pytest.mark.parametrize("seconds, stages", [(19, 1), (29, 2), (45, 4), (55, 5)])
