@@ -39,7 +39,7 @@ from dsb.gaussian import GAUSSIAN_BENCHMARK, gaussian_problem
 from dsb.trainer import CancelFit
 from dsb.core import relative_error
 from dsb.metrics import sliced_wasserstein, coupling_moments
-from dsb.data import TRANSFER_PAIRS, _MOMENTS_2D
+from dsb.data import TRANSFER_PAIRS, components_2d
 
 OUT = Path(__file__).parent / "out"
 
@@ -270,14 +270,9 @@ class _ExactIteration0:
     of SW2 / floor, with no network in the way."""
     def __init__(self, name, ref):
         self.name, self.ref = name, ref
-        c = 1 / math.sqrt(_MOMENTS_2D[name][1])   # sample_2d's standardisation (both sets are centred at 0)
-        if name == "8gaussians":                  # data.py's _8gaussians: radius 4, std 0.5, eight angles
-            self.s = 0.5 * c
-            self.centres = torch.tensor([[4 * c * math.cos(math.pi / 4 * k), 4 * c * math.sin(math.pi / 4 * k)] for k in range(8)], dtype=torch.float64)
-        elif name == "checker":                   # data.py's _checker: eight unit squares of [-2, 2]^2
-            self.boxes = torch.tensor([[x1 * c, (x1 + 1) * c, x2 * c, (x2 + 1) * c] for x1 in (-2, -1, 0, 1)
-                                       for x2 in ((0, -2) if x1 % 2 == 0 else (1, -1))], dtype=torch.float64)
-        else: raise ValueError(f"exact drift known for 8gaussians and checker, not {name!r}")
+        comp = components_2d(name)                # the mixture's parts, in sample_2d's coordinates (07_data)
+        if name == "8gaussians": self.s, self.centres = comp["std"], comp["centres"]
+        else: self.boxes = comp["boxes"]
 
     def posterior_mean(self, x, al, tau2):
         "E[x_0 | x_t = x] when x_t = al x_0 + N(0, tau2 I) (the prior end integrated out)."

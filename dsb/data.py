@@ -19,8 +19,8 @@ from .static import gaussian_sb_cross_cov
 from .gaussian import gaussian_problem
 
 # %% auto #0
-__all__ = ['DATASETS_2D', 'SAMPLER_NAMES', 'TRANSFER_PAIRS', 'DATASETS', 'sample_2d', 'GaussianData', 'make_sampler',
-           'prior_sampler', 'transfer_samplers', 'DataSpec', 'make_data', 'toy_2d', 'gaussian']
+__all__ = ['DATASETS_2D', 'SAMPLER_NAMES', 'TRANSFER_PAIRS', 'DATASETS', 'sample_2d', 'components_2d', 'GaussianData',
+           'make_sampler', 'prior_sampler', 'transfer_samplers', 'DataSpec', 'make_data', 'toy_2d', 'gaussian']
 
 # %% ../nbs/07_data.ipynb #c7136798
 def _u(n, g): return torch.rand(n, generator=g, dtype=torch.float64)
@@ -92,6 +92,18 @@ def sample_2d(
     centre, var = _MOMENTS_2D[name]
     x = _RAW_2D[name](n, generator)
     return ((x - torch.tensor(centre, dtype=torch.float64)) / math.sqrt(var)).float()
+
+# %% ../nbs/07_data.ipynb #50674981
+def components_2d(name: str, # '8gaussians' or 'checker'
+                 ) -> dict:  # {'centres': (8, 2), 'std': float} or {'boxes': (8, 4) rows (x_lo, x_hi, y_lo, y_hi)}, float64
+    "The equal-weight mixture components of a 2d set, in `sample_2d`'s standardised coordinates."
+    check_one_of("dataset name with closed-form components", name, ("8gaussians", "checker"))
+    c = 1 / math.sqrt(_MOMENTS_2D[name][1])    # both sets are centred at 0
+    if name == "8gaussians":
+        angles = torch.arange(8, dtype=torch.float64) * math.pi / 4
+        return {"centres": 4 * c * torch.stack([angles.cos(), angles.sin()], 1), "std": 0.5 * c}
+    boxes = [[x1, x1 + 1, x2, x2 + 1] for x1 in (-2, -1, 0, 1) for x2 in ((0, -2) if x1 % 2 == 0 else (1, -1))]
+    return {"boxes": c * torch.tensor(boxes, dtype=torch.float64)}
 
 # %% ../nbs/07_data.ipynb #ee6b37da
 class GaussianData:
