@@ -413,8 +413,8 @@ def _points_row(part, name, solver, device, quick, budget_s, draws, n, clock="cp
     tr, cfg, data, times = _train(dict(p, solver=solver), device, None if quick else budget_s, clock)
     scores = _sample_scores(tr, data, 2 if quick else draws, 500 if quick else n, device, 4 if quick else FLOOR_DRAWS,
                             key=(part, name))
-    it, stage, step = tr.position
-    stages = 2 * it + stage + (step > 0)
+    it, stage, _ = tr.position                # Budget stops between stages
+    stages = 2 * it + stage
     budget = f"{stages} stage{'s' * (stages != 1)} ({' '.join('BF'[k % 2] for k in range(stages))}) of {cfg.num_iter} steps"
     return {"part": part, "solver": solver, "data": name, **scores, "budget": budget, **times}
 

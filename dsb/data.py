@@ -56,9 +56,11 @@ def _pinwheel(n, g):
     c, s = torch.cos(angle), torch.sin(angle)
     return torch.stack([f[:, 0] * c + f[:, 1] * s, f[:, 1] * c - f[:, 0] * s], 1)
 
+_8GAUSSIANS = dict(radius=4., std=0.5)   # eight equal Gaussians on a circle (also `components_2d`)
+
 def _8gaussians(n, g):
     angle = math.pi / 4 * _label(n, 8, g)
-    return 4 * torch.stack([torch.cos(angle), torch.sin(angle)], 1) + 0.5 * _eps(n, g)
+    return _8GAUSSIANS["radius"] * torch.stack([torch.cos(angle), torch.sin(angle)], 1) + _8GAUSSIANS["std"] * _eps(n, g)
 
 def _mixture(n, g):
     x = _eps(n, g)
@@ -101,7 +103,7 @@ def components_2d(name: str, # '8gaussians' or 'checker'
     c = 1 / math.sqrt(_MOMENTS_2D[name][1])    # both sets are centred at 0
     if name == "8gaussians":
         angles = torch.arange(8, dtype=torch.float64) * math.pi / 4
-        return {"centres": 4 * c * torch.stack([angles.cos(), angles.sin()], 1), "std": 0.5 * c}
+        return {"centres": _8GAUSSIANS["radius"] * c * torch.stack([angles.cos(), angles.sin()], 1), "std": _8GAUSSIANS["std"] * c}
     boxes = [[x1, x1 + 1, x2, x2 + 1] for x1 in (-2, -1, 0, 1) for x2 in ((0, -2) if x1 % 2 == 0 else (1, -1))]
     return {"boxes": c * torch.tensor(boxes, dtype=torch.float64)}
 
