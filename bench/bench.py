@@ -7,14 +7,15 @@ Prints figures; asserts nothing about time. Usage:
     python bench/bench.py gaussian              # d=5 coupling vs closed form and DSB's exact iterate (04's GAUSSIAN_BENCHMARK)
     python bench/bench.py solvers               # DSB vs DSBM: Gaussian d=5, 20 at T=0.5, 1, 2; 2d and transfer SW2/floor, SDE and ODE
     python bench/bench.py solvers --only 2d     # one part of the solver table: gaussian, 2d or transfer
-    python bench/bench.py solvers --only 2d --set num_iter=1000   # the 2d / transfer rows with other config fields
+    python bench/bench.py solvers --only 2d --set num_iter=1000   # the 2d / transfer rows with other parameters than the presets'
     python bench/bench.py solvers --only 2d --solvers dsbm --seeds 0 1 2   # each row's mean over three training seeds
     python bench/bench.py calibrate             # how the 2d score rates fresh data (a perfect model)
     python bench/bench.py grid                  # the exact first-iteration DSBM drift on 20-100 step grids
     python bench/bench.py all --device cuda     # everything, on a GPU
     python bench/bench.py speed --quick         # tiny sizes (what the tests run)
 
-Results are also written as JSON to bench/out/<name>.json.
+Every run uses the solvers' presets (dsb.trainer.PRESETS, registered in nbs/10_ipf and nbs/16_dsbm): the settings a user
+gets with `-p solver NAME`; no setting is tuned here. Results are also written as JSON to bench/out/<name>.json.
 """
 from __future__ import annotations
 
@@ -30,23 +31,20 @@ import torch
 
 from dsb.core import get_device, tune_malloc
 from dsb.reference import Schedule
-from dsb.ipf import build_cache
-from dsb.trainer import Callback
+from dsb.ipf import build_cache, PAPER_2D, GAUSSIAN_BENCHMARK_BUDGET
+from dsb.trainer import Callback, sample
 from dsb.config import make_config
 from dsb.data import make_data
 from dsb.run import run, build_trainer
 from dsb.gaussian import GAUSSIAN_BENCHMARK, gaussian_problem
-from dsb.trainer import CancelFit
 from dsb.core import relative_error
-from dsb.metrics import sliced_wasserstein, coupling_moments
+from dsb.metrics import sliced_wasserstein, coupling_moments, PointScore
 from dsb.data import TRANSFER_PAIRS, components_2d
 
 OUT = Path(__file__).parent / "out"
 
-# The original implementation, measured on the 2-core development machine (issue 3):
+# The original implementation, measured on the 2-core development machine (issue 3), at PAPER_2D (dsb.ipf):
 ORIGINAL = {"all_in_it_per_s": (100, 112), "train_only_it_per_s": 230, "cache_build_s": 0.5}
-# The paper's 2d configuration (conf/dataset/2d.yaml of the original code).
-PAPER_2D = dict(num_steps=20, gamma_min=0.01, gamma_max=0.01, batch_size=512, cache_npar=10_000, cache_refresh=100)
 
 
 def sync(device):
@@ -74,7 +72,7 @@ def speed(device, quick=False, repeats=3):
         return tr
 
     tr = make_trainer(cfg.cache_refresh, n_iter)
-    schedule, net = tr.solver.schedule, tr.solver.forward.ema
+    schedule, net = Schedule.from_params(cfg.num_steps, cfg.gamma_min, cfg.gamma_max, cfg.gamma_space), tr.solver.forward.ema
     x0 = data.data(cfg.cache_npar, torch.Generator().manual_seed(0)).to(device)
     chunk = tr.policy.cache_chunk
     build_cache(net, x0[:100], *schedule.forward_grid())  # warm up
@@ -126,16 +124,14 @@ def quality(device, quick=False, datasets=("scurve", "checker", "8gaussians"), *
 
 
 # The engine's Gaussian problem is defined once, in 04_gaussian (GAUSSIAN_BENCHMARK: d = 5, N = 20,
-# constant gamma = 0.025, T = 0.5, 6 IPF iterations); here only the training budget is chosen: about
-# 8,000 steps per stage get the networks within two points of DSB's exact iterate (10_ipf).
+# constant gamma = 0.025, T = 0.5, 6 IPF iterations), its training budget in 10_ipf (GAUSSIAN_BENCHMARK_BUDGET).
 def gaussian(device, quick=False, **overrides):
     "DSB with networks on GAUSSIAN_BENCHMARK: learned cross-covariance vs the closed form and vs DSB's exact iterate after as many iterations."
     from dsb.gaussian import dsb_ipf_gaussian
     gb = GAUSSIAN_BENCHMARK
     params = dict(dataset="gaussian", data_dim=gb["dim"], num_steps=gb["num_steps"], gamma_min=gb["gamma"], gamma_max=gb["gamma"],
-                  mean_final=gb["mean_final"], var_final=gb["var_final"], n_ipf=gb["n_ipf"],
-                  num_iter=8000, cache_npar=4000, eval_npar=100_000, lr=1e-3, ema_rate=0.999,
-                  device=str(device), progress=False, plots=False)
+                  mean_final=gb["mean_final"], var_final=gb["var_final"], n_ipf=gb["n_ipf"], **GAUSSIAN_BENCHMARK_BUDGET,
+                  eval_npar=100_000, device=str(device), progress=False, plots=False)
     params.update(overrides)
     if quick: params.update(n_ipf=1, num_iter=100, cache_npar=300, eval_npar=2000)
     cfg = make_config(**params)
@@ -152,60 +148,16 @@ def gaussian(device, quick=False, **overrides):
             "wall_s": s["wall_s"]}
 
 
-# The solver table (issue 10). Budgets: the Gaussian rows train a fixed number of steps (stated in the
-# table); the 2d and transfer rows train until a wall-clock budget (2 minutes by default) is spent,
-# stopping at the end of an iteration, then sample 10,000 points per draw against 10,000 held-out.
-# DSBM is measured against the continuous-time bridge, so its Euler grid must be fine: at N = 100 and
-# T = 2, Euler's own error in the reference's a_T = exp(-T) is (1 - T/N)^N / exp(-T) - 1 = 2 %.
-SOLVER_GAUSSIAN = {  # per solver: chain steps N (DSBM's Euler grid may be finer than DSB's chain), budget
-    "dsb": dict(num_steps=20, n_ipf=4, num_iter=1000, cache_npar=4000, cache_refresh=100),
-    "dsbm": dict(num_steps=400, ode_steps=400, n_ipf=5, num_iter=1500, cache_npar=10000, cache_refresh=500),
-}
-# DSBM's 2d rows use lr 1e-2: at 2 minutes its drift regression is limited by optimisation (scurve, SW2 / floor after one
-# iteration of 2 x 1,000 steps: 7.1 at lr 1e-3, 4.2 at 3e-3, 1.9 at 1e-2); DSB's mean matching gained nothing from a larger
-# lr (scurve after 5 iterations: 1.93 at 3e-3, 1.92 at 1e-3; 5.7 after one at 1e-2 against 5.1 at 1e-3).
-# DSBM is continuous-time, so its chain is only an Euler grid: 80 steps of 0.0025 keep the horizon T = 0.2 of DSB's
-# 20 x 0.01 (`bench grid`: the exact first-iteration drift scores 2.15 on checker at 20 steps, 1.38 at 40, 1.06 at 100).
-# Batches of 2,048 (checker, seed 0, 80 steps: 1.31 at 512, 1.29 at 1,024, 1.20 at 2,048; 4,096 x 1,200 steps: 1.31,
-# 1.30 on seeds 0 and 1). At 2,048 a step is compute-bound (the 128 x 128 products are 60 % of it), so more steps need
-# more time: stages of 2,200 steps make three stages, backward, forward, backward (the one that samples), in 107-111 CPU
-# s here (2026-11-30; 17.6 ms a step on a slow day would still fit), and beat 2,000 on each of checker's seeds 0-5
-# (mean 1.21 against 1.28; README). Not better, checker seeds 0 and 1 (`--set`): lr 5e-3 (1.30, 1.33) or 2e-2
-# (1.24, 1.31), no gradient clipping (1.29, 1.31), lr_decay 0.01 (1.26, 1.28), 10,000 pairs per refresh (1.42, seed 0),
-# a wider x-encoder, a mini-batch Sinkhorn coupling for iteration 0 (1.19, 1.28, and 1.58 on seed 2), predict='end'
-# (1.29, seed 0). ema_rate above 0.995 changes nothing in runs this short: EMA's warm-up, min(rate, (1 + u)/(10 + u))
-# after u updates, stays below 0.998 for the first 4,000.
-# The transfer rows (60 CPU s) keep stages of 2,000 steps, a backward and a forward stage: stages of 1,400 steps scored
-# worse (scurve-circle 1.50, swiss-moon 1.51, 8gaussians-checker 1.38, against 1.24, 1.27, 1.39).
-SOLVER_2D = {"dsb": dict(n_ipf=50, num_iter=1000), "dsbm": dict(n_ipf=50, num_iter=2200, cache_refresh=250, cache_npar=5000, lr=1e-2,
-                                                        num_steps=80, gamma_min=0.0025, gamma_max=0.0025, batch_size=2048)}
-TRANSFER_2D = {"dsb": {}, "dsbm": dict(num_iter=2000)}   # the transfer rows' changes to SOLVER_2D
+# The solver table: each row trains with the solver's preset for the data (dsb.trainer.PRESETS), so it measures what a user
+# gets with `-p solver NAME`. Gaussian rows: data `gaussian_problem(d)` to N(0, I), the horizon T set by gamma = T / num_steps
+# of the default schedule (DSBM refines it into its own Euler grid, `grid_steps`); 2d and transfer rows: the exact-W2 and
+# kNN score of `dsb.metrics.PointScore` (3 draws of 3,000 points) and SW2 / floor as a ratio of means (20 draws of 10,000).
 
 
-CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
-
-class Budget(Callback):
-    """Stop at the end of the first stage after which another stage would overrun `seconds` of this process's CPU time (or
-    of wall time), timing stages by the longest so far. A stage, not an iteration: on a slow day a run loses one stage, not
-    half of its training (the backward network that samples the data is trained in every iteration's first stage)."""
-    order = 90
-    def __init__(self, seconds, clock="cpu"): self.seconds, self.clock = seconds, CLOCKS[clock]
-    # CPU time by default, not wall time: on a shared machine wall time measures the neighbours; with one
-    # thread (OMP_NUM_THREADS=1) CPU seconds are the wall seconds of an idle core. `clock='wall'` counts
-    # wall seconds (all threads of an otherwise idle machine: what "2 minutes on this CPU" means)
-    def before_fit(self, tr): self.t0 = self.t_stage = self.clock(); self.longest = 0.; self.stages = 0
-    def after_stage(self, tr):
-        now = self.clock(); self.longest = max(self.longest, now - self.t_stage); self.t_stage = now
-        self.stages += 1
-        if now - self.t0 + self.longest > self.seconds: raise CancelFit
-    def after_fit(self, tr): self.used = self.clock() - self.t0
-
-
-def _train(params, device, budget_s=None, clock="cpu"):
+def _train(params, device):
     cfg = make_config(**params, device=str(device), progress=False, plots=False)
     data = make_data(cfg)
-    cbs = [Budget(budget_s, clock)] if budget_s else []
-    tr = build_trainer(cfg, data, cbs)
+    tr = build_trainer(cfg, data)
     t0, c0 = time.perf_counter(), time.process_time()
     tr.fit()
     return tr, cfg, data, {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
@@ -252,8 +204,7 @@ def _sample_scores(tr, data, draws, n, device, floor_draws=FLOOR_DRAWS, key=None
     g = lambda k: torch.Generator().manual_seed(k)
     for k in range(draws):
         prior, (held, _) = data.prior(n, g(10 + k)).to(device), _held(data, n, k)
-        out["sde"].append(_sw(tr.solver.to_data(prior, torch.Generator(device).manual_seed(4000 + k)), held, k))
-        out["ode"].append(_sw(tr.solver.ode_to_data(prior), held, k))
+        for name in out: out[name].append(_sw(sample(tr.solver, prior, True, name, generator=torch.Generator(device).manual_seed(4000 + k)), held, k))
     floor_draws = max(floor_draws, draws)   # the model's held-out sets are the floor's first ones
     floor = sw2_floor(data, n, floor_draws, key)
     res = {"floor": floor[0], "floor_se": floor[1], "draws": draws, "floor_draws": floor_draws}
@@ -340,21 +291,21 @@ def calibrate(device, names=("scurve", "checker", "8gaussians"), n=10_000, draws
 
 
 def _gaussian_row(solver, d, T, device, quick):
-    from dsb.run import solver_transition
-    p = dict(SOLVER_GAUSSIAN[solver])
-    if quick: p.update(n_ipf=1, num_iter=50, cache_npar=300, cache_refresh=25, num_steps=10, **({"ode_steps": 10} if solver == "dsbm" else {}))
-    gamma = T / p["num_steps"]
-    tr, cfg, data, times = _train(dict(p, dataset="gaussian", data_dim=d, gamma_min=gamma, gamma_max=gamma, solver=solver), device)
-    exact = data.exact_cross_cov(*solver_transition(tr.solver, cfg.var_final))
+    p = dict(dataset="gaussian", data_dim=d, solver=solver)
+    if quick: p.update(n_ipf=1, num_iter=50, cache_npar=300, cache_refresh=25, num_steps=10, **({"grid_steps": 10, "ode_steps": 10} if solver == "dsbm" else {}))
+    gamma = T / make_config(**p).num_steps
+    tr, cfg, data, times = _train(dict(p, gamma_min=gamma, gamma_max=gamma), device)
+    exact = data.exact_cross_cov(*tr.solver.reference_transition())
     m = 2000 if quick else 100_000
     x, prior = data.data(m, torch.Generator().manual_seed(5)).to(device), data.prior(m, torch.Generator().manual_seed(7)).to(device)
     with torch.no_grad():
         sde = tr.solver.to_prior(x, torch.Generator(device).manual_seed(6))
-        gen_sde, gen_ode = tr.solver.to_data(prior, torch.Generator(device).manual_seed(8)), tr.solver.ode_to_data(prior)
+        gen_sde, gen_ode = tr.solver.to_data(prior, torch.Generator(device).manual_seed(8)), tr.solver.to_data(prior, sampler="ode")
     err = lambda y: relative_error(coupling_moments(x.cpu(), y.cpu()), exact).item()
     cov = torch.cov(data.data(m, torch.Generator().manual_seed(9)).double().T)    # the ODE's coupling is a map, not the bridge's: only its marginal is measured
     cov_err = lambda y: relative_error(torch.cov(y.double().cpu().T), cov).item()
-    budget = f"N={cfg.num_steps} {cfg.n_ipf}x2x{cfg.num_iter} steps, batch {cfg.batch_size}, {cfg.cache_npar} per refresh"
+    grid = cfg.grid_steps if solver == "dsbm" and cfg.grid_steps else cfg.num_steps
+    budget = f"N={grid} {cfg.n_ipf}x2x{cfg.num_iter} steps, batch {cfg.batch_size}, {cfg.cache_npar} per refresh"
     cv = _cross_cov_cv(tr, data, cfg.var_final, exact, 500 if quick else 20_000, 2 if quick else 5) if solver == "dsbm" else {}
     return {"part": "gaussian", "solver": solver, "d": d, "T": T, "err_sde": err(sde), "mc_floor": _cross_cov_floor(d, cfg.var_final, exact, m),
             "pairs": m, "cov_err_sde": cov_err(gen_sde), "cov_err_ode": cov_err(gen_ode), "budget": budget, **cv, **times}
@@ -407,24 +358,39 @@ def _cross_cov_cv(tr, data, var_final, exact, m, draws=5):
             "grid_err": relative_error(C_grid, exact).item()}
 
 
-def _points_row(part, name, solver, device, quick, budget_s, draws, n, clock="cpu", overrides=None, **extra):
-    p = {**SOLVER_2D[solver], **extra, **(overrides or {})}
+def _points_row(part, name, solver, device, quick, draws, n, overrides=None, **extra):
+    p = {**extra, **(overrides or {})}
     if quick: p.update(n_ipf=2, num_iter=50, cache_npar=300, cache_refresh=25, batch_size=256)
-    tr, cfg, data, times = _train(dict(p, solver=solver), device, None if quick else budget_s, clock)
+    tr, cfg, data, times = _train(dict(p, solver=solver), device)
     scores = _sample_scores(tr, data, 2 if quick else draws, 500 if quick else n, device, 4 if quick else FLOOR_DRAWS,
                             key=(part, name))
-    it, stage, _ = tr.position                # Budget stops between stages
-    stages = 2 * it + stage
-    budget = f"{stages} stage{'s' * (stages != 1)} ({' '.join('BF'[k % 2] for k in range(stages))}) of {cfg.num_iter} steps"
-    return {"part": part, "solver": solver, "data": name, **scores, "budget": budget, **times}
+    points = _point_scores(tr, data, device, n=300 if quick else 3000, draws=3, seed=cfg.seed)
+    budget = f"{cfg.n_ipf}x2x{cfg.num_iter} steps, batch {cfg.batch_size}"
+    return {"part": part, "solver": solver, "data": name, **scores, **points, "budget": budget, **times}
+
+
+@torch.no_grad()
+def _point_scores(tr, data, device, n=3000, draws=3, seed=0):
+    "Exact W2 and kNN precision / recall (PointScore: `draws` draws of `n` points against the floor) of the SDE and ODE samples."
+    score = PointScore(data.data, n=n, draws=draws, seed=seed + 7)
+    g = lambda k: torch.Generator().manual_seed(k)
+    out = {}
+    for name in ("sde", "ode"):
+        gen = [sample(tr.solver, data.prior(n, g(20 + j)).to(device), True, name, generator=torch.Generator(device).manual_seed(5000 + j))
+               for j in range(draws)]
+        r = score(gen)
+        out.update({f"{name}_{k}": v for k, v in r.items() if name == "sde" or "floor" not in k})
+    return out
 
 
 def _over_seeds(rows):
     """One row from the same 2d / transfer row trained with several seeds: SW2 / floor as the mean over the seeds, with the
     standard error over the seeds (the training seed moves a 2d score by more than one model's sampling noise), and each seed's."""
-    out = {k: v for k, v in rows[0].items() if k in ("part", "solver", "data", "floor", "floor_se", "floor_draws", "draws")}
+    out = {k: v for k, v in rows[0].items() if k in ("part", "solver", "data", "floor", "floor_se", "floor_draws", "draws")
+           or k.startswith("sde_") and "floor" in k}
     out["seeds"] = [r["seed"] for r in rows]
-    for name in ("sde_ratio", "ode_ratio"):
+    for name in ("sde_ratio", "ode_ratio", "sde_w2_ratio", "ode_w2_ratio", "sde_precision", "ode_precision", "sde_recall", "ode_recall"):
+        if name not in rows[0]: continue
         vals = [r[name] for r in rows]
         out[name], out[name + "_se"] = _mean_se(vals)
         out[name + "_per_seed"] = vals
@@ -433,8 +399,8 @@ def _over_seeds(rows):
     return out
 
 
-def solvers(device, quick=False, only=None, budget_s=120., draws=20, n=10_000, dims=(5, 20), horizons=(0.5, 1., 2.), tag="",
-            names=("dsb", "dsbm"), data=None, clock="cpu", overrides=None, seeds=None):
+def solvers(device, quick=False, only=None, draws=20, n=10_000, dims=(5, 20), horizons=(0.5, 1., 2.), tag="",
+            names=("dsb", "dsbm"), data=None, overrides=None, seeds=None):
     """DSB vs DSBM: Gaussian cross-covariance vs the closed form; 2d and transfer SW2 / floor with SDE and ODE sampling; wall times.
     `seeds`: train each 2d / transfer row once per seed and report the mean over the seeds (`_over_seeds`)."""
     rows = []
@@ -442,10 +408,10 @@ def solvers(device, quick=False, only=None, budget_s=120., draws=20, n=10_000, d
         rows.append(row); _show_solver_row(row)
         if not quick: (OUT / f"solvers{tag}-{device.type}.json").write_text(json.dumps({"device": str(device), "rows": rows}, indent=1))
     def points(*args, **extra):
-        if not seeds: return add(_points_row(*args, clock, overrides, **extra))
+        if not seeds: return add(_points_row(*args, overrides=overrides, **extra))
         per = []
         for seed in seeds:
-            per.append(_points_row(*args, clock, {**(overrides or {}), "seed": seed}, **extra))
+            per.append(_points_row(*args, overrides={**(overrides or {}), "seed": seed}, **extra))
             per[-1]["seed"] = seed; print("  seed", seed, end=": "); _show_solver_row(per[-1])
         add(_over_seeds(per))
     if only in (None, "gaussian"):
@@ -454,12 +420,11 @@ def solvers(device, quick=False, only=None, budget_s=120., draws=20, n=10_000, d
                 for solver in names: add(_gaussian_row(solver, d, T, device, quick))
     if only in (None, "2d"):
         for name in (("scurve",) if quick else data or ("scurve", "checker", "8gaussians")):
-            for solver in names: points("2d", name, solver, device, quick, budget_s, draws, n, data=name)
+            for solver in names: points("2d", name, solver, device, quick, draws, n, data=name)
     if only in (None, "transfer"):
         for a, b in (TRANSFER_PAIRS[:1] if quick else [(a, b) for a, b in TRANSFER_PAIRS if not data or f"{a}-{b}" in data]):
             for solver in names:
-                points("transfer", f"{a}-{b}", solver, device, quick, budget_s, draws, n, data=a, data_transfer=b, transfer=True,
-                       **TRANSFER_2D[solver])
+                points("transfer", f"{a}-{b}", solver, device, quick, draws, n, data=a, data_transfer=b, transfer=True)
     return {"device": str(device), "rows": rows}
 
 
@@ -474,10 +439,18 @@ def _show_solver_row(r):
                   f"the exact drift on the same grid: {100 * r['grid_err']:.2f} %)", flush=True)
     elif "seeds" in r:
         each = lambda k: ", ".join(f"{v:.2f}" for v in r[k + "_per_seed"])
+        if "sde_w2_ratio" in r:
+            print(f"{r['part']:8s} {r['data']:18s} {r['solver']:5s} W2/floor, mean of {len(r['seeds'])} training seeds: "
+                  f"SDE {r['sde_w2_ratio']:.2f} ± {r['sde_w2_ratio_se']:.2f} ({each('sde_w2_ratio')});  precision SDE "
+                  f"{r['sde_precision']:.2f} ({each('sde_precision')})", flush=True)
         print(f"{r['part']:8s} {r['data']:18s} {r['solver']:5s} SW2/floor, mean of {len(r['seeds'])} training seeds {r['seeds']}: "
               f"SDE {r['sde_ratio']:.2f} ± {r['sde_ratio_se']:.2f} ({each('sde_ratio')})  ODE {r['ode_ratio']:.2f} ± {r['ode_ratio_se']:.2f} "
               f"({each('ode_ratio')})  (± standard errors over the seeds)   cpu {r['cpu_s']:5.0f} s per seed", flush=True)
     else:
+        if "sde_w2_ratio" in r:
+            print(f"{r['part']:8s} {r['data']:18s} {r['solver']:5s} W2/floor: SDE {r['sde_w2_ratio']:.2f} ± {r['sde_w2_ratio_se']:.2f}  "
+                  f"ODE {r['ode_w2_ratio']:.2f} ± {r['ode_w2_ratio_se']:.2f};  precision SDE {r['sde_precision']:.2f} ODE {r['ode_precision']:.2f} "
+                  f"(floor {r['sde_precision_floor']:.2f});  recall SDE {r['sde_recall']:.2f} ODE {r['ode_recall']:.2f} (floor {r['sde_recall_floor']:.2f})", flush=True)
         print(f"{r['part']:8s} {r['data']:18s} {r['solver']:5s} SW2/floor: SDE {r['sde_ratio']:.2f} ± {r['sde_ratio_se']:.2f}  "
               f"ODE {r['ode_ratio']:.2f} ± {r['ode_ratio_se']:.2f}  (floor {r['floor']:.4f} ± {r['floor_se']:.4f}, {r['floor_draws']} draws; "
               f"model {r['draws']} draws; ± standard errors)"
@@ -520,9 +493,6 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
     p.add_argument("--only", choices=("gaussian", "2d", "transfer"), help="solvers: one part of the table")
-    p.add_argument("--budget", type=float, default=120., help="solvers: training seconds per 2d / transfer run (see --clock)")
-    p.add_argument("--clock", choices=tuple(CLOCKS), default="cpu", help="solvers: count the budget in this process's CPU seconds "
-                   "(one thread: OMP_NUM_THREADS=1; robust to neighbours) or in wall seconds (all threads, an idle machine)")
     p.add_argument("--dims", type=int, nargs="+", default=[5, 20], help="solvers: Gaussian dimensions")
     p.add_argument("--solvers", nargs="+", default=["dsb", "dsbm"], choices=("dsb", "dsbm"), help="solvers: which solvers")
     p.add_argument("--data", nargs="+", help="solvers: 2d data sets / transfer pairs ('scurve-circle') to run")
@@ -532,7 +502,7 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", help="solvers: train each 2d / transfer row with each of these seeds and report "
                    "the mean over them, e.g. --seeds 0 1 2 (a 2d score moves more with the training seed than with sampling)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="solvers: config fields for the 2d / transfer rows "
-                   "in place of SOLVER_2D's, e.g. --set num_iter=1000 lr=0.003 (added to the output file's name)")
+                   "in place of the solvers' presets, e.g. --set num_iter=1000 lr=0.003 (added to the output file's name)")
     a = p.parse_args(argv)
     overrides = {}
     for item in a.set:
@@ -555,7 +525,7 @@ def main(argv=None):
         return {a.what: res}
     for name, fn in (("speed", speed), ("quality", quality), ("gaussian", gaussian), ("solvers", solvers)):
         if a.what in (name, "all"):
-            res = fn(device, quick=a.quick, only=a.only, budget_s=a.budget, dims=a.dims, horizons=a.horizons, names=a.solvers, data=a.data, clock=a.clock,
+            res = fn(device, quick=a.quick, only=a.only, dims=a.dims, horizons=a.horizons, names=a.solvers, data=a.data,
                      draws=a.draws, overrides=overrides, seeds=a.seeds,
                      tag="".join(f"-{x}" for x in [a.only or "all", *a.solvers, *(a.data or []), *a.set,
                                                    *(["seeds" + "".join(map(str, a.seeds))] if a.seeds else [])])) if name == "solvers" else fn(device, quick=a.quick)

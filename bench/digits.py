@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 from dsb.config import make_config          # noqa: E402
 from dsb.core import derive_seed            # noqa: E402
-from dsb.run import run, load_run           # noqa: E402
+from dsb.run import train                    # noqa: E402
 from dsb.image_metrics import SCORERS       # noqa: E402
 
 QUICK = dict(n_ipf=1, num_iter=20, cache_refresh=10, cache_npar=50, eval_npar=400)
@@ -54,11 +54,9 @@ def main(argv=None):
     params = {**(QUICK if args.quick else {}), **{k: value(v) for k, v in args.p}}
     cfg = make_config(dataset=args.dataset, **params)
     with tempfile.TemporaryDirectory() as tmp:
-        summary = run(cfg, out_dir=tmp, run_name="digits", progress=False, plots=False)
-        bridge = load_run(summary["run_dir"])
-    # 100 fresh samples for the picture (seeded; not the ones the metrics used)
-    prior = bridge.data.prior(100, torch.Generator().manual_seed(derive_seed(cfg.seed, 94)))
-    with torch.no_grad(): x = bridge.solver.to_data(prior, torch.Generator().manual_seed(derive_seed(cfg.seed, 95)))
+        bridge = train(dataset=args.dataset, **params, out_dir=tmp, run_name="digits", progress=False, plots=False)
+        summary = bridge.metrics
+    x = bridge.sample(100, seed=derive_seed(cfg.seed, 94))        # 100 fresh samples for the picture (not the ones the metrics used)
     device = summary["device"].split(":")[0]
     stamp = dict(dataset=args.dataset, device=summary["device"], date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), machine=machine(), commit=commit(),
                  command="python bench/digits.py " + " ".join(argv if argv is not None else sys.argv[1:]))

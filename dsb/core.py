@@ -20,9 +20,10 @@ from torch import Tensor
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['get_device', 'seed_everything', 'derive_seed', 'tune_malloc', 'DevicePolicy', 'device_policy', 'init_distributed',
-           'append_dims', 'sum_except_batch', 'mean_except_batch', 'check_positive', 'check_int', 'as_f64', 'check_cov',
-           'sqrtm_psd', 'relative_error', 'NoSpaceError', 'atomic_write', 'close_matches', 'check_one_of', 'Registry']
+__all__ = ['PRESETS', 'get_device', 'seed_everything', 'derive_seed', 'tune_malloc', 'DevicePolicy', 'device_policy',
+           'init_distributed', 'append_dims', 'sum_except_batch', 'mean_except_batch', 'check_positive', 'check_int',
+           'as_f64', 'check_cov', 'sqrtm_psd', 'relative_error', 'NoSpaceError', 'atomic_write', 'close_matches',
+           'check_one_of', 'Registry', 'Options', 'Preset', 'preset', 'preset_for']
 
 # %% ../nbs/00_core.ipynb #74beb03c
 def get_device(device: str = "auto") -> torch.device:
@@ -286,15 +287,51 @@ def check_one_of(name: str, value, allowed) -> None:
         raise ValueError(f"{name}={value!r} is not allowed{close_matches(value, allowed)}; choose one of {', '.join(map(repr, allowed))}")
 
 class Registry:
-    "Named entries of one kind (data sets, models, solvers): `@REG.register(name)` adds one, `REG[name]` looks it up."
-    def __init__(self, kind: str): self.kind, self.entries = kind, {}
-    def register(self, name: str):
-        "Decorator adding (or replacing) the entry `name`."
-        def deco(obj): self.entries[name] = obj; return obj
+    "Named entries of one kind (data sets, models, solvers): `@REG.register(name, **info)` adds one, `REG[name]` looks it up, `REG.info(name)` its details."
+    def __init__(self, kind: str): self.kind, self.entries, self.infos = kind, {}, {}
+    def register(self, name: str, **info):
+        "Decorator adding (or replacing) the entry `name`, with details `info` (e.g. `options=`); the registering module is kept as `info['module']`."
+        def deco(obj):
+            self.entries[name] = obj
+            self.infos[name] = {"module": getattr(obj, "__module__", None), **info}
+            return obj
         return deco
     def __getitem__(self, name):
         check_one_of(self.kind, name, self.entries)
         return self.entries[name]
+    def info(self, name) -> dict:
+        "The details `name` was registered with (`{}` and the module if none)."
+        check_one_of(self.kind, name, self.entries)
+        return self.infos[name]
     def __contains__(self, name): return name in self.entries
     def __iter__(self): return iter(self.entries)
     def __repr__(self): return f"Registry({self.kind!r}: {', '.join(self.entries)})"
+
+# %% ../nbs/00_core.ipynb #1247105b
+@dataclass
+class Options:
+    "Base of the parameters a registered entry owns: dataclass fields with defaults and a comment each, validated by `check`."
+    @classmethod
+    def check(cls, cfg) -> None:
+        "Raise `ValueError` naming the parameter when a value in `cfg` (the whole run config) is not allowed."
+
+# %% ../nbs/00_core.ipynb #26b72fa4
+@dataclass
+class Preset:
+    "Tuned defaults of a solver for a data family or one data set, applied to the parameters a user does not set."
+    solver: str    # a name in SOLVERS
+    data: str      # a data family ('points', 'gaussian', 'images') or a data set's name
+    params: dict   # parameter -> value
+    doc: str       # what these settings were measured to give, with the command and the machine
+
+PRESETS: dict = {}   # (solver, family or data set) -> Preset
+
+def preset(solver: str, data: str, doc: str, **params) -> Preset:
+    "Register the preset of `solver` for a data family or data set `data`: `doc` says what it was measured to give."
+    PRESETS[solver, data] = p = Preset(solver, data, params, doc)
+    return p
+
+def preset_for(solver: str, dataset: str, family: str) -> dict:
+    "The preset parameters of `solver` on data set `dataset` of family `family`: the family's, updated by the data set's own."
+    return {**PRESETS.get((solver, family), Preset(solver, family, {}, "")).params,
+            **PRESETS.get((solver, dataset), Preset(solver, dataset, {}, "")).params}

@@ -14,13 +14,14 @@ from torch import Tensor
 from dataclasses import dataclass
 from typing import Callable
 
-from .core import Registry, check_int, check_one_of, check_positive, check_cov
+from .core import Options, Registry, check_int, check_one_of, check_positive, check_cov
 from .static import gaussian_sb_cross_cov
 from .gaussian import gaussian_problem
 
 # %% auto #0
 __all__ = ['DATASETS_2D', 'SAMPLER_NAMES', 'TRANSFER_PAIRS', 'DATASETS', 'sample_2d', 'components_2d', 'GaussianData',
-           'make_sampler', 'prior_sampler', 'transfer_samplers', 'DataSpec', 'make_data', 'toy_2d', 'gaussian']
+           'make_sampler', 'prior_sampler', 'transfer_samplers', 'DataSpec', 'make_data', 'ToyOptions',
+           'GaussianOptions', 'toy_2d', 'gaussian']
 
 # %% ../nbs/07_data.ipynb #c7136798
 def _u(n, g): return torch.rand(n, generator=g, dtype=torch.float64)
@@ -187,6 +188,7 @@ class DataSpec:
     name: str         # short name, for run folders and titles
     exact_cross_cov: Callable = None  # (a, v) -> closed-form SB cross-covariance cov(x_0, x_N), when both ends are Gaussian
     scorer: str = None                # a name in dsb.image_metrics.SCORERS: a sample-quality score made for this data (e.g. 'digits8')
+    score_bridge: Callable = None     # (solver, generator) -> {name: float}: a data set that knows its bridge measures the trained one
 
     @property
     def kind(self) -> str:
@@ -200,20 +202,36 @@ def make_data(cfg) -> DataSpec:
     return DATASETS[cfg.dataset](cfg)
 
 # %% ../nbs/07_data.ipynb #74d50b3b
-@DATASETS.register("2d")
+@dataclass
+class ToyOptions(Options):
+    "The parameters of dataset='2d'."
+    data: str = "scurve"           # 2d data set, one of DATASETS_2D
+    transfer: bool = False         # True: bridge `data` to `data_transfer` instead of to the Gaussian prior
+    data_transfer: str = "circle"  # the other end in transfer mode (a 2d data set)
+    @classmethod
+    def check(cls, cfg):
+        check_one_of("parameter data", cfg.data, DATASETS_2D)
+        check_one_of("parameter data_transfer", cfg.data_transfer, DATASETS_2D)
+
+@dataclass
+class GaussianOptions(Options):
+    "The parameters of dataset='gaussian'."
+    data_dim: int = 5              # dimension of the 'gaussian' data set
+    @classmethod
+    def check(cls, cfg): check_int("parameter data_dim", cfg.data_dim)
+
+@DATASETS.register("2d", family="points", options=ToyOptions)
 def toy_2d(cfg) -> DataSpec:
     "`cfg.data` (a name in DATASETS_2D) to the prior N(mean_final, var_final I), or to `cfg.data_transfer` if `cfg.transfer`."
-    check_one_of("parameter data", cfg.data, DATASETS_2D)
-    if cfg.transfer:
-        check_one_of("parameter data_transfer", cfg.data_transfer, DATASETS_2D)
-        return DataSpec(make_sampler(cfg.data), make_sampler(cfg.data_transfer), (2,), f"{cfg.data}-{cfg.data_transfer}")
+    ToyOptions.check(cfg)
+    if cfg.transfer: return DataSpec(make_sampler(cfg.data), make_sampler(cfg.data_transfer), (2,), f"{cfg.data}-{cfg.data_transfer}")
     return DataSpec(make_sampler(cfg.data), prior_sampler(cfg.mean_final, cfg.var_final, (2,)), (2,), cfg.data)
 
-@DATASETS.register("gaussian")
+@DATASETS.register("gaussian", family="gaussian", options=GaussianOptions)
 def gaussian(cfg) -> DataSpec:
     "`gaussian_problem(data_dim)` of `04_gaussian` to the prior N(mean_final, var_final I): the bridge is known exactly."
-    if cfg.transfer: raise ValueError(f"parameter transfer=True needs dataset='2d' (got dataset={cfg.dataset!r})")
-    d = check_int("parameter data_dim", cfg.data_dim)
+    GaussianOptions.check(cfg)
+    d = cfg.data_dim
     mean0, cov0 = gaussian_problem(d)
     prior_cov = cfg.var_final * torch.eye(d, dtype=torch.float64)
     return DataSpec(GaussianData(mean0, cov0).sample, prior_sampler(cfg.mean_final, cfg.var_final, (d,)), (d,), "gaussian",

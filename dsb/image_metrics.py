@@ -9,6 +9,7 @@ import hashlib
 import io
 import math
 import os
+import textwrap
 from pathlib import Path
 
 import torch
@@ -144,7 +145,9 @@ def digit_classifier(kind: str = "digits8", # a name in DIGIT_SETS: 'digits8' (s
             if verbose: print(f"loaded {path} (held-out accuracy {blob['accuracy']:.4f})")
             return model.eval()
         except Exception as e:  # damaged or foreign file: retrain and replace it
-            if verbose: print(f"could not load {path} ({type(e).__name__}: {str(e).splitlines()[0][:80]}); retraining")
+            if verbose:  # the first sentence of the error, cut at a word boundary
+                msg = textwrap.shorten((str(e).splitlines() or [""])[0].split(". ")[0], 80, placeholder=" ...")
+                print(f"could not load {path} ({type(e).__name__}: {msg}); retraining")
     model = train_digit_classifier(*load("train"), seed=0)
     x_test, y_test = (torch.cat(v) for v in zip(load("real"), load("heldout")))
     acc = accuracy(model, x_test, y_test)

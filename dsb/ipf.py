@@ -15,16 +15,19 @@ import torch
 from torch import Tensor, nn
 from fastcore.basics import patch
 
-from .core import DevicePolicy, check_int, derive_seed, device_policy
-from .reference import Schedule, ReferenceMean, sample_chain, sample_path
+from .core import DevicePolicy, Options, check_int, check_one_of, derive_seed, device_policy
+from .reference import Schedule, ReferenceMean, Chain, sample_chain, reference_transition
 from .reversal import mean_matching_target, mean_matching_loss
 from .models import make_model
 from .data import DataSpec
+from .images import PAPER_IMAGES
 from .trainer import Solver, SOLVERS
+from .core import preset
 
 # %% auto #0
-__all__ = ['STEP_WEIGHTS', 'Cache', 'build_cache', 'shard_sizes', 'local_shards', 'build_shards', 'Direction', 'TwoWay', 'DSB',
-           'available_memory', 'check_cache_memory', 'dsb_solver']
+__all__ = ['STEP_WEIGHTS', 'PAPER_2D', 'GAUSSIAN_BENCHMARK_BUDGET', 'Cache', 'build_cache', 'shard_sizes', 'local_shards',
+           'sharded', 'Direction', 'TwoWay', 'DSB', 'DSBFlow', 'available_memory', 'check_cache_memory', 'DSBOptions',
+           'dsb_solver']
 
 # %% ../nbs/10_ipf.ipynb #6d272a35
 @dataclass
@@ -60,14 +63,11 @@ def build_cache(sample_fn: Callable, # mean function that simulates the chain, `
                ) -> Cache:
     "Simulate `x0` along the grid with `sample_fn` and store states and mean-matching targets (Algorithm 1)."
     npar, N = x0.shape[0], len(gammas)
-    chunk = chunk or npar
     xs = x0.new_empty((N, *x0.shape)); targets = x0.new_empty((N, *x0.shape))
-    for lo in range(0, npar, chunk):
-        rows = slice(lo, lo + chunk)
-        def record(i, x, mean, x_next):
-            xs[i, rows] = x_next
-            targets[i, rows] = mean_matching_target(sample_fn, x, x_next, t[i].to(x0), mean=mean)
-        sample_chain(sample_fn, x0[rows], t, gammas, generator=generator, callback=record)
+    def record(i, x, mean, x_next, rows):
+        xs[i, rows] = x_next
+        targets[i, rows] = mean_matching_target(sample_fn, x, x_next, t[i].to(x0), mean=mean)
+    sample_chain(sample_fn, x0, t, gammas, generator=generator, callback=record, chunk=chunk)
     return Cache(xs.reshape(N * npar, *x0.shape[1:]), targets.reshape(N * npar, *x0.shape[1:]),
                  t[1:].to(x0), npar)
 
@@ -90,21 +90,19 @@ def local_shards(start: Callable,      # `start(n, generator) -> (n, *shape)` st
         x0 = start(sizes[s], torch.Generator().manual_seed(derive_seed(seed, s, 0))).to(policy.device)
         yield x0, policy.generator(derive_seed(seed, s, 1))
 
-def build_shards(sample_fn: Callable, # mean function that simulates the chain
-                 start: Callable,     # `start(n, generator) -> (n, *shape)` starting states
-                 npar: int,           # chains in the whole cache
-                 t: Tensor, gammas: Tensor, # the grid in travel order
-                 seed: int,           # the block's seed; shard s uses streams (seed, s, 0) and (seed, s, 1)
-                 shards: int,         # independently seeded parts, a multiple of `policy.world`
-                 policy: DevicePolicy, # device, chunk size, this process's rank and the number of processes
-                ) -> Cache:
-    "A cache of `npar` chains built in `shards` independently seeded shards, split among the processes and gathered in shard order."
-    xs, targets = [], []
-    for x0, generator in local_shards(start, npar, seed, shards, policy):
-        c = build_cache(sample_fn, x0, t, gammas, generator=generator, chunk=policy.cache_chunk)
-        xs.append(c.x.unflatten(0, (c.num_steps, c.npar))); targets.append(c.target.unflatten(0, (c.num_steps, c.npar)))
-    x, target = policy.gather(torch.cat(xs, 1), 1), policy.gather(torch.cat(targets, 1), 1)
-    return Cache(x.flatten(0, 1), target.flatten(0, 1), c.t, npar)
+def sharded(simulate: Callable, # simulate(x0, generator) -> a tuple of tensors holding the chains along `dim`
+            start: Callable,    # `start(n, generator) -> (n, *shape)` starting states
+            npar: int,          # chains in the whole block
+            seed: int,          # the block's seed
+            shards: int,        # independently seeded parts, a multiple of `policy.world` (1: one stream)
+            policy: DevicePolicy, # device, this process's rank and the number of processes
+            generator: torch.Generator = None, # the noise of a single shard
+            dim: int = 0,       # the chains' dimension in simulate's outputs
+           ) -> tuple[Tensor, ...]:
+    "Run `simulate` on `npar` chains drawn in `shards` seeded shards (this process's), every output gathered in shard order."
+    if shards == 1: parts = [simulate(start(npar, torch.Generator().manual_seed(seed)).to(policy.device), generator)]
+    else: parts = [simulate(x0, g) for x0, g in local_shards(start, npar, seed, shards, policy)]
+    return tuple(policy.gather(p[0] if len(p) == 1 else torch.cat(p, dim), dim) for p in zip(*parts))
 
 # %% ../nbs/10_ipf.ipynb #46fb7538
 @dataclass
@@ -154,7 +152,7 @@ class TwoWay(Solver):
 class DSB(TwoWay):
     "Algorithm 1 of De Bortoli et al. (2021) on the `Trainer`: stage 0 fits the backward mean on forward chains, stage 1 the reverse."
     def __init__(self, forward: Direction, backward: Direction,
-                 reference: nn.Module,        # mean function of the reference chain (the first stage only)
+                 reference: ReferenceMean,    # mean function of the reference chain (the first stage only)
                  cache_npar: int = 1024,      # chains simulated per cache
                  step_weights: Callable = None, # gammas (N,) in travel order -> (N,) weights of each step in a batch; None: uniform
                  warm_start: bool = True,     # start each stage from the previous network of that direction
@@ -163,6 +161,7 @@ class DSB(TwoWay):
         self.forward, self.backward, self.reference = forward, backward, reference
         self.cache_npar, self.step_weights, self.warm_start = check_int("cache_npar", cache_npar, 2), step_weights, warm_start
         self.cache_shards = check_int("cache_shards", cache_shards, 0)
+        self.T = Schedule(reference.gammas.detach().cpu()).T
 
     def sample_fn(self, iteration: int, stage: int) -> nn.Module:
         "The mean function that simulates the chains of a stage: the reference first, then the other direction's EMA."
@@ -174,29 +173,52 @@ class DSB(TwoWay):
         self.probs = None if self.step_weights is None else self.step_weights(sample.grid[1]).float().to(tr.device)
     def refresh(self, tr):
         sample, fn = self.pair(tr.stage)[1], tr.compiled(self.sample_fn(tr.iteration, tr.stage))
-        shards = self.cache_shards or tr.policy.world
-        if shards > 1:
-            self.cache = build_shards(fn, sample.start, self.cache_npar, *sample.grid, tr.block_seed(0), shards, tr.policy)
-            return
-        x0 = sample.start(self.cache_npar, torch.Generator().manual_seed(tr.block_seed(0))).to(tr.device)
-        self.cache = build_cache(fn, x0, *sample.grid, generator=tr.generator, chunk=tr.policy.cache_chunk)
-    def loss(self, tr):
-        x, target, t = self.cache.sample(tr.batch_size, tr.generator, self.probs)
-        rows = tr.policy.rows(tr.batch_size)          # every process draws the same batch and fits its own rows
-        return mean_matching_loss(tr.net, x[rows], t[rows], target[rows])
+        def simulate(x0, generator):
+            c = build_cache(fn, x0, *sample.grid, generator=generator, chunk=tr.policy.cache_chunk)
+            return c.x.unflatten(0, (c.num_steps, c.npar)), c.target.unflatten(0, (c.num_steps, c.npar))
+        x, target = sharded(simulate, sample.start, self.cache_npar, tr.block_seed(0), self.cache_shards or tr.policy.world,
+                            tr.policy, tr.generator, dim=1)
+        self.cache = Cache(x.flatten(0, 1), target.flatten(0, 1), sample.grid[0][1:].to(x), self.cache_npar)
+    def batch(self, n, generator):
+        x, target, t = self.cache.sample(n, generator, self.probs)
+        return x, t, target
+    def loss(self, net, batch):
+        x, t, target = batch
+        return mean_matching_loss(net, x, t, target)
+
+    def reference_transition(self):
+        "$(a, v)$ of DSB's N-step reference chain (`02_reference`): DSB approximates the bridge of that chain."
+        return reference_transition(self.reference.gammas.detach().cpu(), self.reference.var_final)
 
 # %% ../nbs/10_ipf.ipynb #890bdd1c
 @patch
-@torch.no_grad()
-def to_data(self: DSB, x: Tensor, generator: torch.Generator = None, path: bool = False) -> Tensor:
-    "Carry prior samples `x` to the data end with the backward EMA network (last step noiseless); `path=True` returns every state."
-    return (sample_path if path else sample_chain)(self.backward.ema, x, *self.backward.grid, generator=generator, noise_last=False)
+def chain(self: DSB, to_data: bool) -> Chain:
+    "The learned chain toward the data (backward EMA network, last step noiseless) or the prior (forward EMA network)."
+    if to_data: return Chain(self.backward.ema, *self.backward.grid, noise_last=False)
+    return Chain(self.forward.ema, *self.forward.grid, noise_last=True)
+
+# %% ../nbs/10_ipf.ipynb #8fbaa2b9
+class DSBFlow:
+    "The mean function of DSB's probability-flow step $k$: $x \\pm (F(x, t_k) - B(x, t_{k+1}))/2$, called with the step index $k$."
+    def __init__(self, F: Callable, B: Callable, # forward and backward mean functions (the EMA networks)
+                 t: Tensor, # (N+1,) the chain's normalised times t_0 ... t_N
+                 to_data: bool): # subtract the half-step (toward the data) or add it (toward the prior)
+        self.F, self.B, self.t, self.to_data = F, B, t, to_data
+    def __call__(self, x: Tensor, k: Tensor) -> Tensor:
+        t, k = self.t.to(device=x.device, dtype=x.dtype), int(k)
+        half = (self.F(x, t[k]) - self.B(x, t[k + 1])) / 2
+        return x - half if self.to_data else x + half
 
 @patch
-@torch.no_grad()
-def to_prior(self: DSB, x: Tensor, generator: torch.Generator = None, path: bool = False) -> Tensor:
-    "Carry data samples `x` to the prior end with the forward EMA network (the full chain, noise on every step)."
-    return (sample_path if path else sample_chain)(self.forward.ema, x, *self.forward.grid, generator=generator, noise_last=True)
+def flow(self: DSB, to_data: bool, steps: int | None = None) -> Chain:
+    "DSB's probability-flow ODE on its chain's grid (`steps` must be None, 0 or the chain's N)."
+    t, gammas = self.forward.grid
+    N = len(gammas)
+    if steps not in (None, 0, N):
+        raise ValueError(f"ode_steps={steps}: DSB's probability flow runs on its chain's grid of num_steps={N} steps; use 0 or {N} (or solver='dsbm')")
+    k = torch.arange(N + 1, dtype=torch.float64)
+    fn = DSBFlow(self.forward.ema, self.backward.ema, t, to_data)
+    return Chain(fn, k.flip(0) - 1, gammas.flip(0), sigma2=0.) if to_data else Chain(fn, k, gammas, sigma2=0.)
 
 # %% ../nbs/10_ipf.ipynb #701b25dc
 def available_memory(device: torch.device) -> int:
@@ -227,20 +249,54 @@ def check_cache_memory(npar: int, num_steps: int, shape: tuple, device: torch.de
     return need
 
 # %% ../nbs/10_ipf.ipynb #7261a6be
-@SOLVERS.register("dsb")
+@dataclass
+class DSBOptions(Options):
+    "The parameters of solver='dsb'."
+    mean_match: bool = False       # True: the network outputs the mean; False: it outputs the drift, added to x
+    time_sampling: str = "uniform" # 'uniform' over chain steps, or 'inverse_gamma' (weight 1/gamma_k)
+    @classmethod
+    def check(cls, cfg):
+        check_one_of("parameter time_sampling", cfg.time_sampling, STEP_WEIGHTS)
+        if cfg.precision == "bf16" and cfg.mean_match:
+            raise ValueError("parameter precision='bf16' needs mean_match=False: the mean x + drift and the mean-matching target "
+                             "are formed in fp32 only with the drift parametrisation (05_models)")
+        if cfg.ode_steps not in (0, cfg.num_steps):
+            raise ValueError(f"parameter ode_steps={cfg.ode_steps}: solver='dsb' runs its probability flow on the chain's grid of "
+                             f"num_steps={cfg.num_steps} steps; give 0 or {cfg.num_steps}, or use solver='dsbm' for any step count")
+
+@SOLVERS.register("dsb", options=DSBOptions)
 def dsb_solver(cfg, # a run config (`dsb.config.Config`)
                data: DataSpec, # the two ends of the bridge (`dsb.data.make_data(cfg)`)
                device: torch.device,
               ) -> DSB:
     "The DSB solver of a config: schedule, both directions' networks (seeded) and the reference chain."
     schedule = Schedule.from_params(cfg.num_steps, cfg.gamma_min, cfg.gamma_max, cfg.gamma_space)
-    torch.manual_seed(derive_seed(cfg.seed, 1)); net_f = make_model(cfg, data.shape).to(device)
-    torch.manual_seed(derive_seed(cfg.seed, 2)); net_b = make_model(cfg, data.shape).to(device)
+    torch.manual_seed(derive_seed(cfg.seed, 1)); net_f = make_model(cfg, data.shape, cfg.mean_match).to(device)
+    torch.manual_seed(derive_seed(cfg.seed, 2)); net_b = make_model(cfg, data.shape, cfg.mean_match).to(device)
     forward = Direction("forward", net_f, data.data, schedule.forward_grid())
     backward = Direction("backward", net_b, data.prior, schedule.backward_grid())
     reference = ReferenceMean(schedule, cfg.mean_final, cfg.var_final).to(device)
     check_cache_memory(cfg.cache_npar, cfg.num_steps, data.shape, device, nets=(net_f, net_b))
-    solver = DSB(forward, backward, reference, cache_npar=cfg.cache_npar,
-                 step_weights=STEP_WEIGHTS[cfg.time_sampling], warm_start=cfg.warm_start, cache_shards=cfg.cache_shards)
-    solver.schedule = schedule
-    return solver
+    return DSB(forward, backward, reference, cache_npar=cfg.cache_npar,
+               step_weights=STEP_WEIGHTS[cfg.time_sampling], warm_start=cfg.warm_start, cache_shards=cfg.cache_shards)
+
+# %% ../nbs/10_ipf.ipynb #10520f22
+preset("dsb", "points", """The paper's 2d settings: N = 20 steps of gamma 0.01, batch 512, lr 1e-3, EMA 0.999, caches of 2,500
+chains every 100 steps, 12 IPF iterations of 2 x 2,500 steps. `papermill nbs/train.ipynb out.ipynb` (scurve): about 4.5 minutes
+on one thread of the 2-core development machine (269 s, 2026-12-06), SW2 0.049 against a floor of 0.048 (one draw of 4,000
+points), exact W2 and kNN precision in bench/RESULTS.md.""")
+preset("dsb", "gaussian", """4 IPF iterations of 2 x 1,000 steps, caches of 4,000 chains: about 70 CPU s at d = 5. Measured
+(`python bench/bench.py solvers --only gaussian --solvers dsb`, T = N gamma = 0.5, 1, 2): 8 %, 16 %, 73 % from the
+closed-form bridge of DSB's own chain at d = 5, the bias `04_gaussian` derives for DSB's update.""",
+       n_ipf=4, num_iter=1000, cache_npar=4000)
+# The original code's 2d configuration (its conf/dataset/2d.yaml), at which `bench/bench.py speed` compares speeds with it.
+PAPER_2D = dict(num_steps=20, gamma_min=0.01, gamma_max=0.01, batch_size=512, cache_npar=10_000, cache_refresh=100)
+# The training budget of `04_gaussian`'s GAUSSIAN_BENCHMARK (d = 5, N = 20, T = 0.5, 6 IPF iterations): with 8,000 steps per
+# stage and caches of 4,000 chains the networks land within two points of DSB's exact iterate (the last cell of this notebook).
+GAUSSIAN_BENCHMARK_BUDGET = dict(num_iter=8000, cache_npar=4000)
+preset("dsb", "mnist", "The paper's MNIST settings (N = 30, gamma 1e-5 to 0.1, batch 128, lr 1e-4, mean matching). Not measured here (no GPU).",
+       **PAPER_IMAGES, mean_match=True, num_steps=30, n_ipf=20, cache_npar=1000, cache_refresh=1000)
+preset("dsb", "emnist_mnist", "The paper's EMNIST -> MNIST settings (as MNIST). Not measured here (no GPU).",
+       **PAPER_IMAGES, mean_match=True, num_steps=30, n_ipf=20, cache_npar=1000, cache_refresh=1000)
+preset("dsb", "celeba", "The paper's CelebA settings (N = 50, 64 px, batch 128, lr 1e-4). Not measured here (no GPU).",
+       **PAPER_IMAGES, mean_match=True, num_steps=50, n_ipf=20, cache_npar=300, num_iter=50000)

@@ -129,11 +129,12 @@ def mlp(cfg, # a run config (only the fields this model reads)
                          f"choose a model registered for that shape")
     return MLP(x_dim=shape[0], zero_init_last=zero_init_last)
 
-def make_model(cfg, # needs `cfg.model`, `cfg.mean_match` (and, if present, `precision`, `channels_last`)
+def make_model(cfg, # a run config: reads `model`, `precision` and `channels_last`
                shape: tuple, # shape of one sample
+               mean_match: bool = False, # the network outputs the mean (True) or a drift added to x (False)
               ) -> nn.Module:
-    "The mean function `mean_fn(x, t)` of one direction: `MODELS[cfg.model]`, wrapped in `ResidualMean` unless `cfg.mean_match`."
-    net = MODELS[cfg.model](cfg, tuple(shape), zero_init_last=not cfg.mean_match)
-    if getattr(cfg, "channels_last", False) and len(shape) == 3: net = net.to(memory_format=torch.channels_last)
-    autocast = torch.bfloat16 if getattr(cfg, "precision", "fp32") == "bf16" else None
-    return net if cfg.mean_match else ResidualMean(net, autocast=autocast)
+    "The mean function `mean_fn(x, t)` of one direction: `MODELS[cfg.model]`, wrapped in `ResidualMean` unless `mean_match`."
+    net = MODELS[cfg.model](cfg, tuple(shape), zero_init_last=not mean_match)
+    if cfg.channels_last and len(shape) == 3: net = net.to(memory_format=torch.channels_last)
+    autocast = torch.bfloat16 if cfg.precision == "bf16" else None
+    return net if mean_match else ResidualMean(net, autocast=autocast)

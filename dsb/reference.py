@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .core import append_dims, check_int, check_positive, check_cov
 
 # %% auto #0
-__all__ = ['SPACES', 'gamma_schedule', 'Schedule', 'sample_chain', 'sample_path', 'ReferenceMean', 'reference_transition',
+__all__ = ['SPACES', 'gamma_schedule', 'Schedule', 'sample_chain', 'Chain', 'ReferenceMean', 'reference_transition',
            'reference_moments']
 
 # %% ../nbs/02_reference.ipynb #7f8a339f
@@ -76,38 +76,56 @@ def sample_chain(mean_fn: Callable, # mean_fn(x, t) -> tensor like x; t is a 0-d
                  t: Tensor, # (N+1,) normalised times in travel order (only t[:N] are used)
                  gammas: Tensor, # (N,) step sizes in travel order
                  *, generator: Optional[torch.Generator] = None, # RNG for the noise (on x's device)
-                 callback: Optional[Callable] = None, # callback(i, x, mean, x_next) after each step
+                 callback: Optional[Callable] = None, # callback(i, x, mean, x_next, rows) after each step
                  noise_last: bool = True, # add noise on the last step too
                  drift: bool = False, # True: `mean_fn` returns a drift v and the mean is x + gamma_i v (Euler–Maruyama)
                  sigma2: float = 2., # noise variance per unit time: step i adds sqrt(sigma2 gamma_i) z (2: DSB's chain; 0: none, an ODE)
-                ) -> Tensor: # (B, ...) final states
+                 path: bool = False, # return every state stacked, (N+1, B, ...), instead of the last
+                 chunk: Optional[int] = None, # simulate at most `chunk` rows at a time (None: all at once)
+                ) -> Tensor: # (B, ...) final states, or (N+1, B, ...) with `path`
     "Simulate $x_{i+1} = m(x_i, t_i) + \\sqrt{2\\gamma_i} z_i$ (DSB paper eq. (3)/(9), Algorithm 1 sampling), or Euler–Maruyama for a drift."
     t = torch.as_tensor(t).to(device=x.device, dtype=x.dtype)
     g = torch.as_tensor(gammas, dtype=torch.float64).reshape(-1)
     if t.numel() < g.numel(): raise ValueError(f"t has {t.numel()} entries but gammas has {g.numel()} steps; need at least one time per step")
     if sigma2 < 0: raise ValueError(f"sigma2={sigma2} must be >= 0 (the noise variance per unit time)")
-    n = g.numel()
-    for i in range(n):
-        gamma = g[i].item()
-        mean = x + gamma * mean_fn(x, t[i]) if drift else mean_fn(x, t[i])
-        if sigma2 > 0 and (noise_last or i < n - 1):
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x_next = mean + math.sqrt(sigma2 * gamma) * z
-        else: x_next = mean
-        if callback is not None: callback(i, x, mean, x_next)
-        x = x_next
-    return x
+    if chunk is not None: check_int("chunk", chunk)
+    B, n = x.shape[0], g.numel()
+    outs = []
+    for lo in range(0, max(B, 1), chunk or max(B, 1)):
+        rows = slice(lo, min(B, lo + (chunk or B)))
+        y, states = x[rows], [x[rows]]
+        for i in range(n):
+            gamma = g[i].item()
+            mean = y + gamma * mean_fn(y, t[i]) if drift else mean_fn(y, t[i])
+            if sigma2 > 0 and (noise_last or i < n - 1):
+                z = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+                y_next = mean + math.sqrt(sigma2 * gamma) * z
+            else: y_next = mean
+            if callback is not None: callback(i, y, mean, y_next, rows)
+            y = y_next
+            if path: states.append(y)
+        outs.append(torch.stack(states) if path else y)
+    return outs[0] if len(outs) == 1 else torch.cat(outs, 1 if path else 0)
 
-def sample_path(mean_fn: Callable, x: Tensor, t: Tensor, gammas: Tensor, *,
-                generator: Optional[torch.Generator] = None, callback: Optional[Callable] = None,
-                noise_last: bool = True, drift: bool = False, sigma2: float = 2.) -> Tensor:
-    "Like `sample_chain`, but return every state stacked: `(N+1, B, ...)`."
-    states = [x]
-    def _cb(i, x, mean, x_next):
-        states.append(x_next)
-        if callback is not None: callback(i, x, mean, x_next)
-    sample_chain(mean_fn, x, t, gammas, generator=generator, callback=_cb, noise_last=noise_last, drift=drift, sigma2=sigma2)
-    return torch.stack(states)
+# %% ../nbs/02_reference.ipynb #3e3607f4
+@dataclass
+class Chain:
+    "A process `sample_chain` runs: a mean (or drift) function, its grid in travel order, and its noise."
+    fn: Callable             # mean_fn(x, t), or a drift v(x, t) when `drift`
+    t: Tensor                # (N+1,) the times handed to `fn`, in travel order
+    gammas: Tensor           # (N,) step sizes in travel order
+    drift: bool = False      # `fn` is a drift (Euler–Maruyama) rather than a mean
+    sigma2: float = 2.       # noise variance per unit time (0: deterministic)
+    noise_last: bool = True  # noise on the last step too
+
+    @property
+    def num_steps(self) -> int: return len(self.gammas)
+
+    def sample(self, x: Tensor, *, generator: Optional[torch.Generator] = None, path: bool = False,
+               chunk: Optional[int] = None, callback: Optional[Callable] = None) -> Tensor:
+        "Run the chain from `x` (`sample_chain` with this chain's settings)."
+        return sample_chain(self.fn, x, self.t, self.gammas, generator=generator, callback=callback, noise_last=self.noise_last,
+                            drift=self.drift, sigma2=self.sigma2, path=path, chunk=chunk)
 
 # %% ../nbs/02_reference.ipynb #c356cc1d
 def _check_var_final(var_final, gammas: Tensor) -> float:

@@ -7,23 +7,27 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 from fastcore.basics import patch
 
-from .core import DevicePolicy, Registry, check_int, check_positive, derive_seed, device_policy
+from .core import DevicePolicy, Registry, check_int, check_one_of, check_positive, derive_seed, device_policy
+from .reference import Chain
 
 # %% auto #0
-__all__ = ['SOLVERS', 'EVENTS', 'Solver', 'Callback', 'CancelFit', 'NonFiniteLossError', 'adam', 'Trainer', 'EMA', 'Progress',
-           'LossLogger']
+__all__ = ['SOLVERS', 'SAMPLERS', 'EVENTS', 'Solver', 'sde', 'ode', 'samplers_of', 'check_sampler', 'sample', 'Callback',
+           'CancelFit', 'NonFiniteLossError', 'adam', 'Trainer', 'EMA', 'Progress', 'LossLogger']
 
 # %% ../nbs/09_trainer.ipynb #2419c1ca
 class Solver:
-    "A training method on the `Trainer`: its stages, the network each fits, data refreshes and per-sample losses."
-    n_stages: int = 1
+    "What a training method provides: stages, training data, batches and per-sample losses; samplers; its reference kernel; its state."
+    n_stages: int = 1    # stages per iteration
+    T: float = 1.        # horizon of the bridge, in the time units of its steps
 
+    # -- training
     def stage_name(self, iteration: int, stage: int) -> str:
         "Words for messages and progress bars."
         return f"stage {stage}"
@@ -33,14 +37,78 @@ class Solver:
     def begin_stage(self, trainer: Trainer) -> None:
         "Called when a stage starts (also when a resumed run re-enters it at `trainer.step`)."
     def refresh(self, trainer: Trainer) -> None:
-        "New training data at a block boundary, drawn from `trainer.generator` / `trainer.block_seed(k)`."
-    def loss(self, trainer: Trainer) -> Tensor:
-        "Per-sample losses of this process's rows `trainer.policy.rows(batch_size)` of one batch, through `trainer.net`."
+        "New training data at a block boundary, drawn from `trainer.generator` / `trainer.block_seed(k)` on `trainer.policy`'s processes."
+    def batch(self, n: int, generator: torch.Generator) -> tuple[Tensor, ...]:
+        "A random batch of `n` examples of the current training data: tensors with `n` rows each (the same on every process)."
         raise NotImplementedError
+    def loss(self, net: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        "Per-sample losses `(B,)` of `net` on `batch` (or on some rows of it)."
+        raise NotImplementedError
+    # -- sampling
+    def chain(self, to_data: bool) -> Chain:
+        "The learned process toward the data end (from prior samples) or toward the prior end (from data), as a `Chain`."
+        raise NotImplementedError(f"{type(self).__name__} has no learned process to sample")
+    def flow(self, to_data: bool, steps: int | None = None) -> Chain:
+        "The deterministic probability-flow ODE of the learned process (`steps` Euler steps; None: the solver's choice)."
+        raise NotImplementedError(f"{type(self).__name__} has no probability-flow ODE")
+    # -- what it converges to
+    def reference_transition(self) -> tuple[Tensor, Tensor] | None:
+        "$(a, v)$ of the reference kernel whose Schrödinger bridge this solver approximates, or None."
+        return None
+    # -- state
     def state_dict(self) -> dict: return {}
     def load_state_dict(self, state: dict) -> None: pass
 
+    def to_data(self, x: Tensor, generator: torch.Generator = None, *, sampler: str = "sde", **kwargs) -> Tensor:
+        "Carry prior samples `x` to the data end with `sampler` (`sample(self, x, True, ...)`; `steps`, `path`, `chunk` as there)."
+        return sample(self, x, True, sampler, generator=generator, **kwargs)
+    def to_prior(self, x: Tensor, generator: torch.Generator = None, *, sampler: str = "sde", **kwargs) -> Tensor:
+        "Carry data samples `x` to the prior end with `sampler`."
+        return sample(self, x, False, sampler, generator=generator, **kwargs)
+
+    def provides(self, method: str) -> bool:
+        "Whether this solver implements `method` of the contract (e.g. 'flow') rather than inheriting the base's refusal."
+        return getattr(type(self), method) is not getattr(Solver, method)
+
 SOLVERS = Registry("solver")
+
+# %% ../nbs/09_trainer.ipynb #837f5ab4
+SAMPLERS = Registry("sampler")
+
+@SAMPLERS.register("sde", needs="chain")
+def sde(solver: Solver, x: Tensor, to_data: bool, *, steps: int | None = None, generator: torch.Generator = None,
+        path: bool = False, chunk: int | None = None) -> Tensor:
+    "The learned SDE on the solver's own grid (`steps` must be None or 0)."
+    if steps: raise ValueError(f"steps={steps}: the SDE sampler runs on the solver's own grid; give steps=None (or use sampler='ode')")
+    return solver.chain(to_data).sample(x, generator=generator, path=path, chunk=chunk)
+
+@SAMPLERS.register("ode", needs="flow")
+def ode(solver: Solver, x: Tensor, to_data: bool, *, steps: int | None = None, generator: torch.Generator = None,
+        path: bool = False, chunk: int | None = None) -> Tensor:
+    "The probability-flow ODE (deterministic; `generator` is not used)."
+    return solver.flow(to_data, steps).sample(x, path=path, chunk=chunk)
+
+def samplers_of(solver: Solver) -> list[str]:
+    "The registered samplers `solver` can run (those whose `needs` it provides)."
+    return [name for name in SAMPLERS if solver.provides(SAMPLERS.info(name)["needs"])]
+
+def check_sampler(solver: Solver, sampler: str) -> None:
+    "Raise `ValueError` unless `sampler` is registered and `solver` provides what it needs."
+    check_one_of("parameter sampler", sampler, SAMPLERS)
+    if sampler not in samplers_of(solver):
+        raise ValueError(f"parameter sampler={sampler!r} needs a solver with `{SAMPLERS.info(sampler)['needs']}`, which "
+                         f"{type(solver).__name__} does not provide; choose one of {', '.join(map(repr, samplers_of(solver)))}")
+
+@torch.no_grad()
+def sample(solver: Solver, # a trained solver
+           x: Tensor, # (B, ...) points to carry: prior samples when `to_data`, data samples otherwise
+           to_data: bool = True, # toward the data end (True) or the prior end
+           sampler: str = "sde", # a name in SAMPLERS
+           **kwargs, # the sampler's: steps, generator, path, chunk
+          ) -> Tensor:
+    "Carry `x` across the bridge with the sampler registered as `sampler`."
+    check_sampler(solver, sampler)
+    return SAMPLERS[sampler](solver, x, to_data, **kwargs)
 
 # %% ../nbs/09_trainer.ipynb #8fb835f2
 EVENTS = ("before_fit", "before_stage", "before_block", "after_step", "after_iteration", "after_stage", "after_fit")
@@ -63,7 +131,7 @@ def adam(params, lr: float) -> torch.optim.Optimizer:
 
 # %% ../nbs/09_trainer.ipynb #86ba919a
 class Trainer:
-    "Fit a `Solver`'s stages with Adam: position-derived seeds, cosine learning rate, gradient clipping, NaN stop, events."
+    "Fit a `Solver`'s stages: position-derived seeds, this process's rows, optimiser, cosine learning rate, gradient clipping, EMA, NaN stop, events."
     def __init__(self, solver: Solver,
                  iterations: int = 10,       # outer iterations (IPF / IMF iterations), each `solver.n_stages` stages
                  steps: int = 1000,          # optimiser steps per stage
@@ -72,18 +140,24 @@ class Trainer:
                  lr: float = 1e-3,
                  lr_decay: float = 0.1,      # the learning rate falls (cosine) to lr * lr_decay within each stage
                  grad_clip: float = 1.0,     # max gradient norm; 0 disables clipping
+                 ema_rate: float = 0.999,    # moving average of the trained weights, what the solver samples with; 0: none
                  seed: int = 0,
                  policy: DevicePolicy = None, # device rules; default: the device of the first trained network
                  compile: bool = False,      # `torch.compile` the network of the training step (and `compiled(fn)` for solvers)
+                 opt_func=None,              # `opt_func(params, lr) -> torch.optim.Optimizer`; default `adam`
                  callbacks=()):
         for name in ("iterations", "steps", "batch_size", "block"): check_int(name, locals()[name])
         check_positive("lr", lr); check_positive("grad_clip", grad_clip, allow_zero=True)
         if not 0 < lr_decay <= 1: raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay}")
         self.solver, self.iterations, self.steps, self.batch_size, self.block = solver, iterations, steps, batch_size, block
         self.lr, self.lr_decay, self.grad_clip, self.seed = lr, lr_decay, grad_clip, seed
+        self.opt_func = opt_func or adam
         if policy is None: policy = device_policy(next(solver.trained(0, 0)[0].parameters()).device)
         self.policy, self.device = policy, policy.device
-        self.callbacks = list(callbacks)
+        self.policy.rows(batch_size)                  # several processes: the batch must split evenly among them
+        if any(isinstance(cb, EMA) for cb in callbacks):
+            raise ValueError("the Trainer keeps the moving average itself: pass ema_rate=..., not an EMA callback")
+        self.callbacks = [EMA(ema_rate), *callbacks]
         self.position, self.history, self.opt, self._opt_state = (0, 0, 0), [], None, None
         self.log_file = None
         self.compile, self._compiled = compile, {}
@@ -125,12 +199,13 @@ def run_stage(self: Trainer, start_step: int = 0):
     self.step = start_step
     self.solver.begin_stage(self)
     params = [p for p in net.parameters() if p.requires_grad]
-    self.net = self.compiled(self.policy.wrap(net))   # what `solver.loss` calls: `net`, or `net` in DDP (one process of many)
-    self.opt = adam(params, self.lr)
+    self.net = self.compiled(self.policy.wrap(net))   # what `solver.loss` is given: `net`, or `net` in DDP (one process of many)
+    self.opt = self.opt_func(params, self.lr)
     if self._opt_state is not None: self.opt.load_state_dict(self._opt_state); self._opt_state = None
     self.callback("before_stage")
     each_step = self.policy.check_loss_each_step
     block_losses = torch.zeros(self.block, device=self.device)
+    rows = self.policy.rows(self.batch_size)
     for self.step in range(start_step, self.steps):
         if self.step % self.block == 0:
             self.position = (self.iteration, self.stage, self.step)
@@ -138,7 +213,8 @@ def run_stage(self: Trainer, start_step: int = 0):
             self.generator = self.policy.generator(self.block_seed(1))
             self.solver.refresh(self)
         for group in self.opt.param_groups: group["lr"] = self.lr_at(self.step)
-        loss = self.solver.loss(self).mean()
+        batch = self.solver.batch(self.batch_size, self.generator)      # every process draws the same batch ...
+        loss = self.solver.loss(self.net, tuple(b[rows] for b in batch)).mean()   # ... and fits its own rows
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip > 0: nn.utils.clip_grad_norm_(params, self.grad_clip, foreach=True)
@@ -151,7 +227,7 @@ def run_stage(self: Trainer, start_step: int = 0):
         if not each_step and (i == self.block - 1 or self.step == self.steps - 1):
             self.check_finite(block_losses[:i + 1], self.step - i)
     self.step = self.steps
-    self.policy.check_same(params, f"after {self.stage_name} of iteration {self.iteration}, the weights (does solver.loss call trainer.net?)")
+    self.policy.check_same(params, f"after {self.stage_name} of iteration {self.iteration}, the weights (does solver.loss use the network it is given?)")
     last = self.stage == self.solver.n_stages - 1
     if last: self.callback("after_iteration")
     self.position = (self.iteration + 1, 0, 0) if last else (self.iteration, self.stage + 1, 0)

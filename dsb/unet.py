@@ -6,17 +6,18 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core import check_int
+from .core import Options, check_int
 from .models import MODELS, timestep_embedding
 
 # %% auto #0
 __all__ = ['UNET_CONFIGS', 'group_norm', 'ResBlock', 'AttentionBlock', 'Downsample', 'Upsample', 'TimestepSequential', 'UNet',
-           'unet_for', 'parse_resolutions', 'unet']
+           'unet_for', 'parse_resolutions', 'UNetOptions', 'unet']
 
 # %% ../nbs/06_unet.ipynb #7e6bdafb
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
@@ -207,8 +208,15 @@ def parse_resolutions(text: str) -> tuple:
     try: return tuple(int(p) for p in str(text).replace(" ", "").split(",") if p)
     except ValueError: raise ValueError(f"parameter attention_resolutions={text!r} must be pixel sizes separated by commas, e.g. '16,8'") from None
 
-@MODELS.register("unet")
-def unet(cfg, # a run config: reads `attention_resolutions` if it has one
+@dataclass
+class UNetOptions(Options):
+    "The parameters of model='unet'."
+    attention_resolutions: str = "" # pixel sizes with self-attention, e.g. '16,8' ('': the configuration's own)
+    @classmethod
+    def check(cls, cfg): parse_resolutions(cfg.attention_resolutions)
+
+@MODELS.register("unet", options=UNetOptions)
+def unet(cfg, # a run config: reads `attention_resolutions`
          shape: tuple, # (C, H, W) of one image
          zero_init_last: bool = True, # the UNet's output convolution always starts at zero
         ) -> UNet:
@@ -218,8 +226,7 @@ def unet(cfg, # a run config: reads `attention_resolutions` if it has one
                          f"{tuple(shape)}; use model='mlp' for points")
     C, H, _ = shape
     overrides = {}
-    text = getattr(cfg, "attention_resolutions", "")
-    if text: overrides["attention_resolutions"] = parse_resolutions(text)
+    if cfg.attention_resolutions: overrides["attention_resolutions"] = parse_resolutions(cfg.attention_resolutions)
     try: return unet_for(H, C, **overrides)
     except ValueError as e:
         name = "attention_resolutions" if "attention_resolutions" in str(e) else "image_size"

@@ -7,7 +7,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(solver="dsbm", n_ipf=2, num_iter=100, cache_refresh=25, checkpoint_every=25, cache_npar=200, batch_size=64,
-            eval_npar=400, progress=False, plots=False, data="moon")
+            eval_npar=400, score_npar=300, progress=False, plots=False, data="moon", lr=1e-3, grid_steps=0)   # not the 2d preset: tiny
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +56,16 @@ def test_resume_extends_a_finished_dsbm_run(tmp_path, full):
 
 def test_gaussian_dsbm_measures_against_its_own_reference(tmp_path):
     "On 'gaussian' the cross-covariance is measured against the closed form for the continuous OU kernel (a_T, v_T)."
-    from dsb.run import run, solver_transition, build_trainer
+    from dsb.run import run, build_trainer
     from dsb.config import make_config
     from dsb.data import make_data
     from dsb.imf import LinearReference
-    params = dict(TINY, dataset="gaussian", data_dim=3, n_ipf=1, num_iter=60, eval_npar=2000, gamma_min=0.05, gamma_max=0.05)
+    params = dict({k: v for k, v in TINY.items() if k != "data"}, dataset="gaussian", data_dim=3, n_ipf=1, num_iter=60, eval_npar=2000,
+                  gamma_min=0.05, gamma_max=0.05, ode_steps=0)
     s = run(**params, out_dir=str(tmp_path))
     assert 0 <= s["cross_cov_error"] < 10 and "cross_cov_error_ode" not in s and s["T"] == pytest.approx(1.0)
     cfg = make_config(**params)
-    a, v = solver_transition(build_trainer(cfg, make_data(cfg)).solver, cfg.var_final)
+    a, v = build_trainer(cfg, make_data(cfg)).solver.reference_transition()
     a_T, v_T = LinearReference.ou(1.0, 1.0).endpoint_transition()
     assert (a.item(), v.item()) == pytest.approx((a_T, v_T), rel=1e-12)
 
@@ -129,7 +130,7 @@ def test_papermill_solver_dsbm(tmp_path):
     (dict(ode_steps=2.5), "parameter ode_steps=2.5 must be an int"),
     (dict(solver="dsb", ode_steps=50), "ode_steps=50: solver='dsb' runs its probability flow on the chain's grid of num_steps=20"),
     (dict(solver="dsbmx"), "parameter solver='dsbmx' is not allowed .*choose one of 'dsb', 'dsbm'"),
-    (dict(solver="dsbm", dataset="gaussian", transfer=True), "transfer=True needs dataset='2d'"),
+    (dict(solver="dsbm", dataset="gaussian", transfer=True), "applies to dataset='2d'"),   # data='moon' of TINY, and transfer
     (dict(solver="dsb", predict="end"), "parameter predict='end' applies to solver='dsbm'"),
     (dict(predict="x0"), "parameter predict='x0' is not allowed"),
 ])
@@ -179,9 +180,9 @@ def test_dsb_flow_refuses_other_step_counts():
     cfg = make_config(n_ipf=1, progress=False)
     solver = build_trainer(cfg, make_data(cfg)).solver
     x = torch.randn(5, 2)
-    assert torch.equal(solver.ode_to_data(x), solver.ode_to_data(x, steps=20))          # deterministic, the chain's grid
+    assert torch.equal(solver.to_data(x, sampler="ode"), solver.to_data(x, sampler="ode", steps=20))   # deterministic, the chain's grid
     with pytest.raises(ValueError, match="ode_steps=7: DSB's probability flow runs on its chain's grid of num_steps=20"):
-        solver.ode_to_data(x, steps=7)
+        solver.to_data(x, sampler="ode", steps=7)
 
 
 def test_bench_solvers_quick_prints_the_table():
@@ -212,25 +213,6 @@ def test_bench_seeds_average_the_training_seeds(capsys):
     assert "predict='end' applies to solver='dsbm'" in capsys.readouterr().err   # checked against the solvers that run
 
 
-@pytest.mark.parametrize("seconds, stages", [(19, 1), (29, 2), (45, 4), (55, 5)])
-def test_bench_budget_stops_at_the_last_stage_that_fits(seconds, stages):
-    "bench's `Budget` with 10 s stages stops at the end of the last stage that fits in `seconds`, whichever stage it is."
-    sys.path.insert(0, str(ROOT / "bench"))
-    import bench
-    from types import SimpleNamespace
-    now = [0.]
-    bench.CLOCKS["test"] = lambda: now[0]
-    try:
-        b, tr = bench.Budget(seconds, "test"), SimpleNamespace(position=(0, 0, 0))
-        b.before_fit(tr)
-        with pytest.raises(bench.CancelFit):
-            for k in range(100):
-                now[0] += 10.
-                b.after_stage(tr)
-        assert b.stages == stages
-    finally: bench.CLOCKS.pop("test")
-
-
 def test_control_variate_cross_covariance_is_unbiased_and_precise():
     "bench's control variate: for a linear 'network' (the exact SB drift plus a known error) it finds the chain's closed-form cross-covariance, with far less noise than the direct estimate."
     sys.path.insert(0, str(ROOT / "bench"))
@@ -238,17 +220,17 @@ def test_control_variate_cross_covariance_is_unbiased_and_precise():
     from torch import nn
     from dsb.config import make_config
     from dsb.data import make_data
-    from dsb.run import build_trainer, solver_transition
+    from dsb.run import build_trainer
     from dsb.gaussian import gaussian_problem
     from dsb.imf import GaussianCoupling, markov_drift_gaussian
     from dsb.core import relative_error
     from dsb.metrics import coupling_moments
     from dsb.dsbm import sde_sample
     d, N = 3, 50
-    cfg = make_config(dataset="gaussian", data_dim=d, solver="dsbm", num_steps=N, gamma_min=1 / N, gamma_max=1 / N, progress=False, plots=False)
+    cfg = make_config(dataset="gaussian", data_dim=d, solver="dsbm", num_steps=N, gamma_min=1 / N, gamma_max=1 / N, grid_steps=0, progress=False, plots=False)
     data = make_data(cfg)
     tr = build_trainer(cfg, data); s = tr.solver
-    exact = data.exact_cross_cov(*solver_transition(s, cfg.var_final))
+    exact = data.exact_cross_cov(*s.reference_transition())
     mean0, S0 = gaussian_problem(d)
     eye = torch.eye(d, dtype=torch.float64)
     t, gammas = s.forward.grid
@@ -301,9 +283,13 @@ def test_bench_scores_a_perfect_model_near_one_and_a_shrunk_one_far_above():
     from dsb.data import make_data
     data = make_data(make_config(data="8gaussians", device="cpu"))
     g = torch.Generator().manual_seed(99)
-    solver = SimpleNamespace(to_data=lambda x, generator=None: data.data(len(x), g),   # a perfect sampler
-                             ode_to_data=lambda x: 0.9 * data.data(len(x), g))         # clusters pulled 10 % to the centre
-    res = bench._sample_scores(SimpleNamespace(solver=solver), data, 30, 2000, torch.device("cpu"), floor_draws=60)
+    from dsb.reference import Chain
+    from dsb.trainer import Solver
+    class Fake(Solver):
+        "The SDE draws fresh data (a perfect sampler); the ODE the data's clusters pulled 10 % to the centre."
+        def chain(self, to_data): return Chain(lambda x, t: data.data(len(x), g), torch.zeros(2), torch.ones(1), sigma2=0.)
+        def flow(self, to_data, steps=None): return Chain(lambda x, t: 0.9 * data.data(len(x), g), torch.zeros(2), torch.ones(1), sigma2=0.)
+    res = bench._sample_scores(SimpleNamespace(solver=Fake()), data, 30, 2000, torch.device("cpu"), floor_draws=60)
     assert res["floor_draws"] == 60 and res["draws"] == 30 and res["sde_ratio_se"] > 0
     assert abs(res["sde_ratio"] - 1) < 3 * res["sde_ratio_se"] and res["sde_ratio_se"] < 0.1, res
     assert res["ode_ratio"] > 1 + 5 * res["ode_ratio_se"], res

@@ -46,9 +46,9 @@ def test_image_data_sets_run_through_train_notebook(data_dir, tmp_path, dataset,
     assert {"checkpoint.pt", "metrics.json", "samples_ipf01.png", "bridge.gif"} <= names
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["steps"] == 2 * TINY["num_iter"] and m["sw2_data"] == m["sw2_data"]
-    from dsb.run import load_run
-    bridge = load_run(run_dir)
-    assert tuple(bridge.data.shape) == shape
+    import dsb
+    bridge = dsb.load(run_dir)
+    assert tuple(bridge.data.shape) == shape and bridge.sample(3).shape == (3, *shape)
 
 
 @pytest.mark.parametrize("params,match", [

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dsb.data import DATASETS, make_data
-from dsb.images import (IMAGE_DEFAULTS, ImageTensorSampler, MissingDataError, load_celeba, load_digits, load_emnist_letters,
+from dsb.images import (ImageOptions, ImageTensorSampler, MissingDataError, load_celeba, load_digits, load_emnist_letters,
                         load_folder, load_mnist, load_mnist_offline, main, read_idx, to_model, to_pixels, write_idx)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,7 +16,8 @@ NAMES = ("mnist", "emnist_mnist", "celeba", "folder", "digits", "mnist_offline")
 
 def cfg(**kw):
     "A stand-in for the run config: the fields the image data sets read."
-    return SimpleNamespace(**{"mean_final": 0., "var_final": 1., "device": "cpu", "transfer": False, **kw})
+    from dataclasses import asdict
+    return SimpleNamespace(**{**asdict(ImageOptions()), "mean_final": 0., "var_final": 1., "device": "cpu", **kw})
 
 def _letter_l():
     L = np.zeros((28, 28), np.uint8); L[2:26, 4] = 255; L[25, 4:20] = 255
@@ -104,9 +105,9 @@ def test_offline_sets():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_registered(name, data_dir, pictures):
-    assert name in DATASETS and name in IMAGE_DEFAULTS
+    assert name in DATASETS and DATASETS.info(name)["family"] == "images"
     where = {"folder": pictures}.get(name, data_dir)
-    spec = make_data(cfg(dataset=name, data_dir=str(where), image_size=16, var_final=IMAGE_DEFAULTS[name].get("var_final", 1.)))
+    spec = make_data(cfg(dataset=name, data_dir=str(where), image_size=16, var_final=DATASETS.info(name)["defaults"].get("var_final", 1.)))
     g = torch.Generator().manual_seed(0)
     x, y = spec.data(7, g), spec.prior(7, g)
     assert spec.kind == "images" and x.shape == y.shape == (7, *spec.shape)

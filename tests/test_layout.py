@@ -37,10 +37,11 @@ def _parameters_cell(path):
     return "".join(tagged[0]["source"])
 
 def test_train_parameters_mirror_config():
-    "Same names, same order, same defaults as `Config`; papermill sees them."
+    "The parameters cell is `parameters_cell()` of the composed config: same names, order, defaults and comments; papermill sees them."
     import papermill as pm
-    from dsb.config import Config
+    from dsb.config import Config, parameters_cell
     src = _parameters_cell(ROOT / "nbs" / "train.ipynb")
+    assert src.strip() == parameters_cell().strip(), "regenerate the parameters cell of nbs/train.ipynb from dsb.config.parameters_cell()"
     assigned = [(n.targets[0].id, ast.literal_eval(n.value)) for n in ast.parse(src).body]
     expected = [(f.name, f.default) for f in fields(Config)]
     assert assigned == expected

@@ -53,7 +53,7 @@ def test_papermill_bad_parameter_fails_before_training(tmp_path):
     (dict(batch_sz=3), "unknown parameter(s): batch_sz (did you mean 'batch_size'"),
     (dict(device="meta"), "parameter device='meta'"),
     (dict(device="mps"), "device='mps'"),
-    (dict(dataset="gaussian", transfer=True), "transfer=True needs dataset='2d'"),
+    (dict(dataset="gaussian", transfer=True), "parameter transfer=True applies to dataset='2d'"),
     (dict(model="mpl"), "model='mpl' is not allowed (did you mean 'mlp'?)"),
     (dict(solver="imf"), "solver='imf' is not allowed"),
 ])
