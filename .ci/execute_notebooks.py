@@ -8,7 +8,9 @@ that their outputs are not stale.
 
 Executing runs every code cell with nbclient on the `python3` kernel, with cwd `nbs/`, PNG figures
 at 72 dpi and a per-cell timeout, except the cells nbdev_test skips (first-line directives named in
-settings.ini `tst_flags`, `#| eval: false`): they keep no outputs. Widget state is dropped (a widget
+settings.ini `tst_flags`, `#| eval: false`): they keep no outputs. One flag is the exception:
+cells flagged `results` (minutes of training whose figures the reader should see) are skipped by
+nbdev_test, so CI does not pay for them, and are run here. Widget state is dropped (a widget
 output keeps its text fallback), tqdm writes plain text, and `nbdev_clean` then leaves the file
 exactly as CI's `nbdev_export; nbdev_clean` would.
 
@@ -89,11 +91,14 @@ def check(paths):
 
 # ---- execution (needs nbclient, nbformat and nbdev; `check` above needs only the standard library)
 
+RUN_HERE = {"results"}  # flags nbdev_test skips that this script runs
+
+
 def _skip_flags():
-    "The flags nbdev_test skips, from settings.ini `tst_flags`."
+    "The flags nbdev_test skips (settings.ini `tst_flags`) that this script skips too: all but `RUN_HERE`."
     import configparser
     cfg = configparser.ConfigParser(); cfg.read(ROOT / "settings.ini")
-    return set(cfg["DEFAULT"].get("tst_flags", "").split())
+    return set(cfg["DEFAULT"].get("tst_flags", "").split()) - RUN_HERE
 
 
 def _skipped(cell, flags):

@@ -104,3 +104,15 @@ def test_nbdev_clean_keeps_outputs_and_stamp():
              cfg["allowed_cell_metadata_keys"].split(), cfg.getboolean("clean_ids"))
     assert nb["metadata"]["dsb"]["source_hash"] == ex.source_hash(nb)
     assert code["outputs"][0]["text"] == ["hi\n"]
+
+def test_results_cells_run_when_executed_not_in_nbdev_test():
+    "Cells flagged `results` (minutes of training) are skipped by nbdev_test (CI) and run by `.ci/execute_notebooks.py`."
+    import configparser
+    from nbformat import NotebookNode
+    cfg = configparser.ConfigParser(); cfg.read(ROOT / "settings.ini")
+    assert "results" in cfg["DEFAULT"]["tst_flags"].split(), "nbdev_test must skip `results` cells"
+    ex = _executor()
+    flags = ex._skip_flags()
+    cell = lambda src: NotebookNode(cell_type="code", source=src)
+    assert not ex._skipped(cell("#| results\nx = 1"), flags)
+    assert ex._skipped(cell("#| slow\nx = 1"), flags) and not ex._skipped(cell("x = 1"), flags)
