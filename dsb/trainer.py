@@ -21,7 +21,7 @@ from .reference import Chain
 
 # %% auto #0
 __all__ = ['SOLVERS', 'SAMPLERS', 'EVENTS', 'Solver', 'sde', 'ode', 'samplers_of', 'check_sampler', 'sample', 'Callback',
-           'CancelFit', 'NonFiniteLossError', 'adam', 'Trainer', 'EMA', 'Progress', 'LossLogger']
+           'CancelFit', 'NonFiniteLossError', 'adam', 'Trainer', 'EMA', 'duration', 'Progress', 'LossLogger']
 
 # %% ../nbs/09_trainer.ipynb #2419c1ca
 class Solver:
@@ -299,6 +299,11 @@ class EMA(Callback):
             for b_ema, b in zip(self.ema.buffers(), self.net.buffers()): b_ema.copy_(b)
 
 # %% ../nbs/09_trainer.ipynb #4241290c
+def duration(seconds: float) -> str:
+    "'42 s' under two minutes, '3.5 min' under two hours, else '2.1 h'; '?' when unknown (NaN)."
+    if seconds != seconds: return "?"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
 class Progress(Callback):
     "A run's progress: a tqdm bar per stage in a terminal, plain lines elsewhere (papermill keeps them in the output notebook), and an estimate of the time left."
     order = 30
@@ -313,9 +318,10 @@ class Progress(Callback):
         self.bar = None
 
     def say(self, text: str):
-        "One line: above the bar in a terminal, printed (and flushed) otherwise."
-        if self.bar is not None: self.bar.write(text, file=self.file)
-        else: print(text, file=self.file or sys.stdout, flush=True)
+        "One line: above the bar in a terminal; otherwise printed and flushed, in a Jupyter kernel to the kernel process's stderr."
+        if self.bar is not None: self.bar.write(text, file=self.file); return
+        kernel = type(sys.stdout).__module__.startswith("ipykernel") and sys.__stderr__ is not None
+        print(text, file=self.file or (sys.__stderr__ if kernel else sys.stdout), flush=True)
 
     def done(self, tr) -> int:
         "Optimiser steps done so far in the whole run."
@@ -344,8 +350,8 @@ class Progress(Callback):
     def before_stage(self, tr):
         now = time.perf_counter()
         if tr.stage == 0 and self.it_t0 is not None:                    # an iteration and its evaluation have ended
-            self.say(f"iteration {tr.iteration}/{tr.iterations} took {(now - self.it_t0) / 60:.1f} min with its evaluation; "
-                     f"about {self.eta(tr, now) / 60:.1f} min left")
+            self.say(f"iteration {tr.iteration}/{tr.iterations} took {duration(now - self.it_t0)} with its evaluation; "
+                     f"about {duration(self.eta(tr, now))} left")
         if tr.stage == 0: self.it_t0 = now
         self.stage_t0, self.probe_t0 = now, None
         if self.use_bar:
@@ -367,22 +373,22 @@ class Progress(Callback):
                 left = self.total - self.done(tr) - 1
                 self.say(f"estimate: {left:,} more optimiser steps at {self.step_s:.3g} s each and a refresh of the training data "
                          f"every {tr.block:,} steps at {self.refresh_s:.3g} s (timed now, on this machine): "
-                         f"{self.eta(tr, now) / 60:.1f} min, plus an evaluation after each iteration "
+                         f"{duration(self.eta(tr, now))}, plus an evaluation after each iteration "
                          f"(the estimate is updated after each iteration, evaluation included)")
         if self.bar is not None:
             if k % self.every == 0: self.bar.update(self.every); self.bar.set_postfix(loss=f"{float(tr.loss):.3g}", refresh=False)
         elif now - self.last >= self.interval:
             self.last = now
             self.say(f"{tr.iteration + 1}/{tr.iterations} {tr.stage_name}: step {k:,}/{tr.steps:,}, loss {float(tr.loss):.3g}; "
-                     f"{(now - self.t0) / 60:.1f} min elapsed, about {self.eta(tr, now) / 60:.1f} min left")
+                     f"{duration(now - self.t0)} elapsed, about {duration(self.eta(tr, now))} left")
 
     def after_stage(self, tr):
         if self.bar is not None: self.bar.close(); self.bar = None
-        else: self.say(f"{tr.iteration + 1}/{tr.iterations} {tr.stage_name}: done in {(time.perf_counter() - self.stage_t0) / 60:.1f} min")
+        else: self.say(f"{tr.iteration + 1}/{tr.iterations} {tr.stage_name}: done in {duration(time.perf_counter() - self.stage_t0)}")
 
     def after_fit(self, tr):
         if self.bar is not None: self.bar.close(); self.bar = None
-        self.say(f"training stopped after {(time.perf_counter() - self.t0) / 60:.1f} min, {self.done(tr) - self.start:,} optimiser steps")
+        self.say(f"training stopped after {duration(time.perf_counter() - self.t0)}, {self.done(tr) - self.start:,} optimiser steps")
 
 class LossLogger(Callback):
     "Log the mean training loss of every block (and of the last partial block)."
