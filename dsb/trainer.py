@@ -341,10 +341,10 @@ class Progress(Callback):
                  + (f" (resuming after {self.start:,})" if self.start else ""))
 
     def eta(self, tr, now: float) -> float:
-        "Seconds left: the pace so far once a whole iteration (with its evaluation) is done in this fit; before that, steps and refreshes as timed."
+        "Seconds left: the first steps and refresh as timed; after 5 x `probe` steps, the pace of this fit so far (a busier machine shows)."
         done, left = self.done(tr) - self.start, self.total - self.done(tr)
-        if tr.iteration > self.start_it and done > 0: return (now - self.t0) / done * left
-        if self.step_s is None: return float("nan")
+        if self.step_s is None or done <= 0: return float("nan")
+        if tr.iteration > self.start_it or done >= 5 * self.probe: return (now - self.t0) / done * left
         return left * (self.step_s + (self.refresh_s or 0.) / tr.block)
 
     def before_stage(self, tr):
