@@ -151,6 +151,15 @@ def summarise(args, argv, cfg, bridge, records: list, out: Path) -> dict:
               "summary": {k: spread([r[k] for r in records if k in r]) for k in keys},
               "floors": {k[:-len("_floor")]: records[0][k] for k in records[0] if k.endswith("_floor")},
               "seeds": records}
+    shown = [k for k in ("digit_fd", "digit_confidence", "digit_entropy", "transfer_labels_kept", "transfer_labels_untransferred",
+                         "cpu_s", "wall_s") if k in result["summary"]]
+    result["title"] = f"{args.dataset}, {cfg.solver}: {len(records)} training seed(s) on {device}"
+    result["note"] = ("Digit score of the samples (FD: Frechet distance in the digit classifier's features; confidence: mean max "
+                      "probability) against real unseen digits: " + ", ".join(f"{k} floor {v:.4g}" for k, v in result["floors"].items()
+                                                                                  if k in ("digit_fd", "digit_confidence", "digit_entropy"))
+                      + f". Time: {result['time']}, {args.threads} thread(s), on a machine shared with other jobs (wall > CPU).")
+    result["rows"] = ([{"seed": r["seed"], **{k: r[k] for k in shown}} for r in records]
+                      + [{"seed": stat, **{k: result["summary"][k][stat] for k in shown}} for stat in ("mean", "std")])
     s, f = result["summary"], result["floors"]
     print(f"{'':<18} {'mean':>9} {'std':>7} {'floor':>8} {'ratio':>6}")
     for k in ("digit_fd", "digit_confidence", "digit_entropy"):
