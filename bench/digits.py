@@ -1,14 +1,26 @@
 #!/usr/bin/env python
-"""Evidence for the image half: a digit data set trained at its default budget (or the one given), scored by
-the digit classifier next to the real-digit floor. Writes a sample grid (PNG) and the figures (JSON), stamped
-with date, machine and commit, to bench/results/<dataset>_<device>.{png,json} (kept in the repository).
+"""Evidence for the image half: a digit data set trained with its preset (or the parameters given), for one or more
+training seeds, scored by the digit classifier next to the real-digit floor. Writes, to bench/results/ (kept in the
+repository), stamped with date, machine, thread count and commit:
 
-    python bench/digits.py                 # `digits` at its default budget (= papermill nbs/train.ipynb out.ipynb -p dataset digits)
-    python bench/digits.py --quick         # a tiny budget, to check the script
-    python bench/digits.py -p n_ipf 2      # any Config parameter
-    python bench/digits.py --dataset mnist_offline -p device cuda -p n_ipf 2 --out $OUT    # the GPU check (bench/gpu_check.sh)
+    <dataset>_<solver>_<device>.json        per seed: CPU seconds, wall seconds, final scores, the score after every
+                                            iteration (the curve); over the seeds: mean, standard deviation, min, max
+    <dataset>_<solver>_<device>_grid.png    100 samples of the first seed's bridge
+    <dataset>_<solver>_<device>_chain.png   the denoising chain of 8 samples, as a strip (prior on the left)
+
+    python bench/digits.py                                  # `-p dataset digits` as a user gets it (its default solver), seed 0
+    python bench/digits.py --solver dsb --seeds 0 1 2       # one solver's preset, three training seeds
+    python bench/digits.py --dataset mnist_offline --seeds 0
+    python bench/digits.py -p n_ipf 2 --tag short           # any Config parameter; --tag names the files <...>_<tag>
+    python bench/digits.py --figures                        # the curves of both solvers from their JSON files (no training)
+    python bench/digits.py --quick                          # a tiny budget, to check the script (writes nothing)
+
+Time is counted as the CPU seconds of this process (time.process_time) on --threads threads (default 1): on a
+machine shared with other jobs they measure the work, where wall time measures the neighbours too. On an idle
+2-core machine a 1-thread run's wall time equals its CPU time, and 2 threads are no faster on these small
+networks (see the README's thread table), so CPU seconds on one thread bound the wall time a user waits.
 """
-import argparse, datetime, json, os, platform, subprocess, sys, tempfile
+import argparse, datetime, json, math, os, platform, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import torch
@@ -19,18 +31,19 @@ sys.path.insert(0, str(ROOT))
 from dsb.config import make_config          # noqa: E402
 from dsb.core import derive_seed            # noqa: E402
 from dsb.run import train                    # noqa: E402
-from dsb.image_metrics import SCORERS       # noqa: E402
 
 QUICK = dict(n_ipf=1, num_iter=20, cache_refresh=10, cache_npar=50, eval_npar=400)
+SCORES = ("digit_fd", "digit_confidence", "digit_entropy", "sw2_data")
+DATASETS = ("digits", "mnist_offline", "mnist_latent", "mnist_digits")
 
 
-def machine() -> str:
+def machine(threads: int) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"): cpu = line.split(":", 1)[1].strip(); break
     except OSError: pass
-    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} ({threads} thread{'s' * (threads > 1)})"
 
 
 def commit() -> str:
@@ -41,49 +54,148 @@ def commit() -> str:
     except OSError: return "unknown"
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="digits", choices=("digits", "mnist_offline"), help="a data set with a digit score")
-    ap.add_argument("--quick", action="store_true", help="tiny budget (checks the script, not the model)")
-    ap.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="a Config parameter")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for <dataset>_<device>.png / .json")
-    args = ap.parse_args(argv)
-    def value(v):
-        try: return json.loads(v)
-        except ValueError: return v            # a string ('True' / 'False' are read by make_config)
-    params = {**(QUICK if args.quick else {}), **{k: value(v) for k, v in args.p}}
-    cfg = make_config(dataset=args.dataset, **params)
+def value(v):
+    try: return json.loads(v)
+    except ValueError: return v            # a string ('True' / 'False' are read by make_config)
+
+
+def spread(xs: list) -> dict:
+    "mean, sample standard deviation, min and max of a list of numbers."
+    xs = [float(x) for x in xs]
+    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0., "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def decoded(bridge, x):
+    "Pictures from samples of the data end: decoded when the data set lives in a latent space (`decode` on its sampler)."
+    dec = getattr(bridge.data.data, "decode", None)
+    return dec(x) if dec is not None else x
+
+
+def run_seed(dataset: str, params: dict, seed: int, threads: int) -> tuple:
+    "Train one seed in a temporary run directory; its record (CPU and wall seconds, scores, curve) and the bridge."
+    torch.set_num_threads(threads)
+    c0, w0 = time.process_time(), time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        bridge = train(dataset=args.dataset, **params, out_dir=tmp, run_name="digits", progress=False, plots=False)
-        summary = bridge.metrics
-    x = bridge.sample(100, seed=derive_seed(cfg.seed, 94))        # 100 fresh samples for the picture (not the ones the metrics used)
-    device = summary["device"].split(":")[0]
-    stamp = dict(dataset=args.dataset, device=summary["device"], date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), machine=machine(), commit=commit(),
-                 command="python bench/digits.py " + " ".join(argv if argv is not None else sys.argv[1:]))
-    keys = ("digit_confidence", "digit_entropy", "digit_fd", "sw2_data")
-    figures = {k: summary[k] for k in summary if k.startswith(("digit_", "sw2_"))}
-    result = {**stamp, "budget": {k: getattr(cfg, k) for k in ("n_ipf", "num_iter", "num_steps", "batch_size", "cache_npar", "cache_refresh", "lr")},
-              "wall_s": summary["wall_s"], "steps": summary["steps"], **figures}
-    print(json.dumps(result, indent=1))
-    rows = [("", "samples", "real floor", "ratio")]
-    for k in keys[:3]:
-        rows.append((k, f"{summary[k]:.3f}", f"{summary[k + '_floor']:.3f}", f"{summary[k] / summary[k + '_floor']:.2f}"))
-    print("\n".join(f"{a:<18} {b:>9} {c:>10} {d:>6}" for a, b, c, d in rows))
-    if args.quick: return result
+        bridge = train(dataset=dataset, **params, seed=seed, out_dir=tmp, run_name="bench", progress=False, plots=False)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    m = bridge.metrics
+    per_it = bridge.solver.n_stages * bridge.config.num_iter
+    curve = [{"iteration": r["eval"], "steps": r["eval"] * per_it, **{k: r[k] for k in SCORES if k in r}}
+             for r in bridge.history if "eval" in r]
+    rec = {"seed": seed, "cpu_s": cpu, "wall_s": wall, **{k: m[k] for k in m if k.startswith(("digit_", "sw2_", "transfer_"))},
+           "curve": curve}
+    print(f"seed {seed}: {cpu:.0f} CPU s ({wall:.0f} s wall), " + ", ".join(f"{k} {m[k]:.4g}" for k in SCORES if k in m), flush=True)
+    return rec, bridge
+
+
+def strip(bridge, n: int = 8, columns: int = 11, seed: int = 95):
+    "(n, columns, C, H, W): `columns` states of the chain from the prior (left) to the data (right) for `n` samples."
+    path = bridge.sample(n, path=True, seed=seed)                    # (N+1, n, C, H, W)
+    idx = torch.linspace(0, len(path) - 1, columns).round().long()
+    return decoded(bridge, path[idx].flatten(0, 1)).unflatten(0, (columns, n)).transpose(0, 1), idx.tolist()
+
+
+def figures(stem: Path, bridge, result: dict, n_grid: int = 100):
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from dsb.plots import image_grid
-    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
+    s, f = result["summary"], result["floors"]
+    x = decoded(bridge, bridge.sample(n_grid, seed=derive_seed(bridge.config.seed, 94))).cpu()
     fig, ax = plt.subplots(figsize=(4.2, 4.9), dpi=72)
-    image_grid(x.cpu(), nrow=10, ax=ax, title=f"dsb {args.dataset}, {summary['wall_s'] / 60:.1f} min on {device.upper()}")
-    fig.text(0.5, 0.02, f"digit FD {summary['digit_fd']:.2f} (floor {summary['digit_fd_floor']:.2f}), "
-                        f"confidence {summary['digit_confidence']:.3f} ({summary['digit_confidence_floor']:.3f})\n"
-                        f"{stamp['date']}, commit {stamp['commit']}, {os.cpu_count()} cores", ha="center", fontsize=7)
+    cpu = s["cpu_s"]["mean"] / 60
+    image_grid(x, nrow=10, ax=ax, title=f"{result['solver']} on {result['dataset']}, {cpu:.1f} CPU min (1 thread)")
+    score = (f"digit FD {s['digit_fd']['mean']:.2f} ± {s['digit_fd']['std']:.2f} (floor {f['digit_fd']:.2f}), "
+             f"confidence {s['digit_confidence']['mean']:.3f} ({f['digit_confidence']:.3f})" if "digit_fd" in s else "")
+    fig.text(0.5, 0.02, f"{score}\n{len(result['seeds'])} seed(s); {result['date']}, commit {result['commit']}", ha="center", fontsize=7)
     fig.subplots_adjust(bottom=0.12, top=0.93, left=0.02, right=0.98)
-    stem = out / f"{args.dataset}_{device}"
-    fig.savefig(stem.with_suffix(".png")); plt.close(fig)
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    print("wrote", stem.with_suffix(".png"), "and", stem.with_suffix(".json"))
+    fig.savefig(f"{stem}_grid.png"); plt.close(fig)
+    states, idx = strip(bridge)
+    fig, ax = plt.subplots(figsize=(6.4, 5.0), dpi=72)
+    image_grid(states.flatten(0, 1).cpu(), nrow=states.shape[1], ax=ax,
+               title=f"{result['solver']} on {result['dataset']}: the chain from the prior (left) to the data (right)\n"
+                     f"states {idx[0]}, {idx[1]}, ..., {idx[-1]} of {bridge.config.num_steps if not getattr(bridge.config, 'grid_steps', 0) else bridge.config.grid_steps} steps")
+    fig.tight_layout(); fig.savefig(f"{stem}_chain.png"); plt.close(fig)
+
+
+def curves_figure(dataset: str, out: Path, device: str = "cpu"):
+    "Both solvers' score after every iteration (each seed, and the mean), from their JSON files."
+    import matplotlib; matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    runs = {s: json.loads(p.read_text()) for s in ("dsb", "dsbm") if (p := out / f"{dataset}_{s}_{device}.json").exists()}
+    if not runs: raise SystemExit(f"no {dataset}_{{dsb,dsbm}}_{device}.json in {out}: run the benchmarks first")
+    fig, axs = plt.subplots(1, 2, figsize=(8, 3.2), dpi=80)
+    for (solver, r), color in zip(runs.items(), ("C0", "C1")):
+        for j, (key, ax) in enumerate(zip(("digit_fd", "digit_confidence"), axs)):
+            for k, seed in enumerate(r["seeds"]):
+                c = seed["curve"]
+                ax.plot([p["steps"] for p in c], [p[key] for p in c], color=color, alpha=0.35, lw=1, marker=".",
+                        label=f"{solver} ({len(r['seeds'])} seeds)" if k == 0 else None)
+            ax.axhline(r["floors"][key], color="k", ls=":", lw=1, label="real digits" if solver == list(runs)[0] else None)
+    axs[0].set(yscale="log", xlabel="optimiser steps (both networks)", ylabel="digit FD", title=f"{dataset}: Fréchet distance")
+    axs[1].set(xlabel="optimiser steps (both networks)", ylabel="mean max p", title="classifier confidence")
+    axs[0].legend(fontsize=7); fig.tight_layout()
+    path = out / f"{dataset}_curves_{device}.png"
+    fig.savefig(path); plt.close(fig)
+    print("wrote", path)
+
+
+def summarise(args, argv, cfg, bridge, records: list, out: Path) -> dict:
+    "The result of the seeds trained so far: printed, and (not --quick) written with the first seed's figures."
+    device = str(bridge.device).split(":")[0]
+    keys = [k for k in records[0] if k.startswith(("digit_", "sw2_", "transfer_")) and not k.endswith("_floor")] + ["cpu_s", "wall_s"]
+    result = {"dataset": args.dataset, "solver": cfg.solver, "device": str(bridge.device),
+              "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine(args.threads), "threads": args.threads,
+              "commit": commit(), "command": "python bench/digits.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "time": "CPU seconds of the process (time.process_time), one training seed at a time",
+              "config": {k: v for k, v in vars(cfg).items() if k not in ("out_dir", "run_name", "resume", "progress", "plots", "seed")},
+              "summary": {k: spread([r[k] for r in records if k in r]) for k in keys},
+              "floors": {k[:-len("_floor")]: records[0][k] for k in records[0] if k.endswith("_floor")},
+              "seeds": records}
+    shown = [k for k in ("digit_fd", "digit_confidence", "digit_entropy", "transfer_labels_kept", "transfer_labels_untransferred",
+                         "cpu_s", "wall_s") if k in result["summary"]]
+    result["title"] = f"{args.dataset}, {cfg.solver}: {len(records)} training seed(s) on {device}"
+    result["note"] = ("Digit score of the samples (FD: Frechet distance in the digit classifier's features; confidence: mean max "
+                      "probability) against real unseen digits: " + ", ".join(f"{k} floor {v:.4g}" for k, v in result["floors"].items()
+                                                                                  if k in ("digit_fd", "digit_confidence", "digit_entropy"))
+                      + f". Time: {result['time']}, {args.threads} thread(s), on a machine shared with other jobs (wall > CPU).")
+    result["rows"] = ([{"seed": r["seed"], **{k: r[k] for k in shown}} for r in records]
+                      + [{"seed": stat, **{k: result["summary"][k][stat] for k in shown}} for stat in ("mean", "std")])
+    s, f = result["summary"], result["floors"]
+    print(f"{'':<18} {'mean':>9} {'std':>7} {'floor':>8} {'ratio':>6}")
+    for k in ("digit_fd", "digit_confidence", "digit_entropy"):
+        if k in s: print(f"{k:<18} {s[k]['mean']:9.4f} {s[k]['std']:7.4f} {f[k]:8.4f} {s[k]['mean'] / f[k]:6.3f}")
+    print(f"{'cpu_s':<18} {s['cpu_s']['mean']:9.1f} {s['cpu_s']['std']:7.1f}", flush=True)
+    if args.quick: return result
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{args.dataset}_{cfg.solver}_{device}{'_' + args.tag if args.tag else ''}"
+    if len(records) == 1: figures(stem, bridge, result)
+    Path(f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    print("wrote", f"{stem}.json" + (f", {stem}_grid.png, {stem}_chain.png" if len(records) == 1 else ""), flush=True)
+    return result
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="digits", choices=DATASETS, help="a data set with a digit score")
+    ap.add_argument("--solver", default=None, help="dsb or dsbm (default: the data set's)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1; see the docstring)")
+    ap.add_argument("--quick", action="store_true", help="tiny budget (checks the script, not the model; writes nothing)")
+    ap.add_argument("--figures", action="store_true", help="only draw the curves of both solvers from their JSON files")
+    ap.add_argument("--tag", default="", help="suffix of the file names")
+    ap.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="a Config parameter")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder of the results")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    if args.figures: return curves_figure(args.dataset, out)
+    params = {**(QUICK if args.quick else {}), **{k: value(v) for k, v in args.p}}
+    if args.solver: params["solver"] = args.solver
+    cfg = make_config(dataset=args.dataset, **params)
+    records, bridge = [], None
+    for seed in args.seeds:
+        rec, b = run_seed(args.dataset, params, seed, args.threads)
+        records.append(rec); bridge = bridge or b
+        result = summarise(args, argv, cfg, bridge, records, out)     # written after every seed: a cut run keeps what it measured
     return result
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +21,7 @@ from .reference import Chain
 
 # %% auto #0
 __all__ = ['SOLVERS', 'SAMPLERS', 'EVENTS', 'Solver', 'sde', 'ode', 'samplers_of', 'check_sampler', 'sample', 'Callback',
-           'CancelFit', 'NonFiniteLossError', 'adam', 'Trainer', 'EMA', 'Progress', 'LossLogger']
+           'CancelFit', 'NonFiniteLossError', 'adam', 'Trainer', 'EMA', 'duration', 'Progress', 'LossLogger']
 
 # %% ../nbs/09_trainer.ipynb #2419c1ca
 class Solver:
@@ -297,19 +299,96 @@ class EMA(Callback):
             for b_ema, b in zip(self.ema.buffers(), self.net.buffers()): b_ema.copy_(b)
 
 # %% ../nbs/09_trainer.ipynb #4241290c
+def duration(seconds: float) -> str:
+    "'42 s' under two minutes, '3.5 min' under two hours, else '2.1 h'; '?' when unknown (NaN)."
+    if seconds != seconds: return "?"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
 class Progress(Callback):
-    "A tqdm progress bar per stage showing the running loss."
+    "A run's progress: a tqdm bar per stage in a terminal, plain lines elsewhere (papermill keeps them in the output notebook), and an estimate of the time left."
     order = 30
-    def __init__(self, every: int = 50, leave: bool = False): self.every, self.leave, self.bar = every, leave, None
+    def __init__(self,
+                 every: int = 50,       # steps between updates of a bar
+                 leave: bool = False,   # keep each stage's bar when it ends
+                 bar: bool = None,      # tqdm bars (None: when stderr is a terminal); False: plain lines only
+                 interval: float = 30., # seconds between plain lines
+                 probe: int = 20,       # optimiser steps timed for the first estimate
+                 file=None):            # where the lines go (None: sys.stdout)
+        self.every, self.leave, self.use_bar, self.interval, self.probe, self.file = every, leave, bar, interval, probe, file
+        self.bar = None
+
+    def say(self, text: str):
+        "One line: above the bar in a terminal; otherwise printed and flushed, in a Jupyter kernel to the kernel process's stderr."
+        if self.bar is not None: self.bar.write(text, file=self.file); return
+        kernel = type(sys.stdout).__module__.startswith("ipykernel") and sys.__stderr__ is not None
+        print(text, file=self.file or (sys.__stderr__ if kernel else sys.stdout), flush=True)
+
+    def done(self, tr) -> int:
+        "Optimiser steps done so far in the whole run."
+        return (tr.iteration * tr.solver.n_stages + tr.stage) * tr.steps + tr.step
+
+    def before_fit(self, tr):
+        if self.use_bar is None: self.use_bar = sys.stderr.isatty()
+        it, st, step = tr.position
+        per_it = tr.solver.n_stages * tr.steps
+        self.total, self.start, self.start_it = tr.iterations * per_it, it * per_it + st * tr.steps + step, it
+        self.t0 = self.last = time.perf_counter()
+        self.step_s = self.refresh_s = self.probe_t0 = self.block_t0 = self.it_t0 = self.first_s = None
+        n = torch.get_num_threads()
+        plural = lambda k, word: f"{k:,} {word}{'s' * (k != 1)}"
+        self.say(f"training: {plural(tr.iterations, 'iteration')} x {plural(tr.solver.n_stages, 'stage')} x {plural(tr.steps, 'step')} of batch {tr.batch_size} "
+                 f"on {tr.device} ({n} thread{'s' * (n > 1)}): {self.total - self.start:,} optimiser steps to go"
+                 + (f" (resuming after {self.start:,})" if self.start else ""))
+
+    def eta(self, tr, now: float) -> float:
+        "Seconds left: the first steps and refresh as timed; after 5 x `probe` steps, the pace of this fit so far (a busier machine shows)."
+        done, left = self.done(tr) - self.start, self.total - self.done(tr)
+        if self.step_s is None or done <= 0: return float("nan")
+        if tr.iteration > self.start_it or done >= 5 * self.probe: return (now - self.t0) / done * left
+        return left * (self.step_s + (self.refresh_s or 0.) / tr.block)
+
     def before_stage(self, tr):
-        self.bar = tqdm(total=tr.steps, initial=tr.step, leave=self.leave, mininterval=0.5,
-                        desc=f"{tr.iteration + 1}/{tr.iterations} {tr.stage_name}")
+        now = time.perf_counter()
+        if tr.stage == 0 and self.it_t0 is not None:                    # an iteration and its evaluation have ended
+            self.say(f"iteration {tr.iteration}/{tr.iterations} took {duration(now - self.it_t0)} with its evaluation; "
+                     f"about {duration(self.eta(tr, now))} left")
+        if tr.stage == 0: self.it_t0 = now
+        self.stage_t0, self.probe_t0 = now, None
+        if self.use_bar:
+            self.bar = tqdm(total=tr.steps, initial=tr.step, leave=self.leave, mininterval=0.5,
+                            desc=f"{tr.iteration + 1}/{tr.iterations} {tr.stage_name}")
+
+    def before_block(self, tr): self.block_t0 = time.perf_counter()
+
     def after_step(self, tr):
-        if (tr.step + 1) % self.every == 0:
-            self.bar.update(self.every); self.bar.set_postfix(loss=f"{float(tr.loss):.3g}", refresh=False)
-    def after_stage(self, tr): self.bar.close()
+        now, k = time.perf_counter(), tr.step + 1
+        first = tr.step % tr.block == 0                                 # this step followed a refresh of the training data
+        if first and self.block_t0 is not None: self.first_s = now - self.block_t0   # a refresh and one step
+        if self.step_s is None:
+            within = tr.block > self.probe                              # time steps between refreshes when blocks are long enough
+            if self.probe_t0 is None or (within and first): self.probe_t0, self.probe_k = now, k
+            elif k - self.probe_k >= self.probe:
+                self.step_s = (now - self.probe_t0) / (k - self.probe_k)
+                self.refresh_s = max(self.first_s - self.step_s, 0.) if within and self.first_s is not None else 0.  # short blocks: inside step_s
+                left = self.total - self.done(tr) - 1
+                self.say(f"estimate: {left:,} more optimiser steps at {self.step_s:.3g} s each and a refresh of the training data "
+                         f"every {tr.block:,} steps at {self.refresh_s:.3g} s (timed now, on this machine): "
+                         f"{duration(self.eta(tr, now))}, plus an evaluation after each iteration "
+                         f"(the estimate is updated after each iteration, evaluation included)")
+        if self.bar is not None:
+            if k % self.every == 0: self.bar.update(self.every); self.bar.set_postfix(loss=f"{float(tr.loss):.3g}", refresh=False)
+        elif now - self.last >= self.interval:
+            self.last = now
+            self.say(f"{tr.iteration + 1}/{tr.iterations} {tr.stage_name}: step {k:,}/{tr.steps:,}, loss {float(tr.loss):.3g}; "
+                     f"{duration(now - self.t0)} elapsed, about {duration(self.eta(tr, now))} left")
+
+    def after_stage(self, tr):
+        if self.bar is not None: self.bar.close(); self.bar = None
+        else: self.say(f"{tr.iteration + 1}/{tr.iterations} {tr.stage_name}: done in {duration(time.perf_counter() - self.stage_t0)}")
+
     def after_fit(self, tr):
-        if self.bar is not None: self.bar.close()
+        if self.bar is not None: self.bar.close(); self.bar = None
+        self.say(f"training stopped after {duration(time.perf_counter() - self.t0)}, {self.done(tr) - self.start:,} optimiser steps")
 
 class LossLogger(Callback):
     "Log the mean training loss of every block (and of the last partial block)."

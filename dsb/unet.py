@@ -17,7 +17,7 @@ from .models import MODELS, timestep_embedding
 
 # %% auto #0
 __all__ = ['UNET_CONFIGS', 'group_norm', 'ResBlock', 'AttentionBlock', 'Downsample', 'Upsample', 'TimestepSequential', 'UNet',
-           'unet_for', 'parse_resolutions', 'UNetOptions', 'unet']
+           'levels_for', 'unet_config', 'unet_for', 'parse_resolutions', 'UNetOptions', 'unet_overrides', 'unet']
 
 # %% ../nbs/06_unet.ipynb #7e6bdafb
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
@@ -185,49 +185,92 @@ class UNet(nn.Module):
 # %% ../nbs/06_unet.ipynb #728e74ca
 UNET_CONFIGS = {
     8:  dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(), num_heads=2, dropout=0.),
+    16: dict(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(), num_heads=4, dropout=0.),
     28: dict(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(14, 7), num_heads=4, dropout=0.),
     32: dict(model_channels=64, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16, 8), num_heads=4, dropout=0.),
     64: dict(model_channels=64, channel_mult=(1, 2, 3, 4), num_res_blocks=2, attention_resolutions=(16, 8), num_heads=4, dropout=0.),
 }
+
+def levels_for(image_size: int) -> tuple:
+    "Channel multipliers that fit an unconfigured size: as many of (1, 2, 2, 2) as halve `image_size` exactly down to at least 4 px (at least one)."
+    L = 1
+    while L < 4 and image_size % 2 ** L == 0 and image_size // 2 ** L >= 4: L += 1
+    return (1, 2, 2, 2)[:L]
+
+def unet_config(
+    image_size: int,    # H = W of the images
+    **overrides,        # any `UNet` argument, replacing the configuration's value
+) -> dict:
+    "The `UNet` arguments for `image_size` px images: `UNET_CONFIGS`' (an unconfigured size: the 32 px one, attention in the middle only, once `channel_mult` is given), then `overrides`."
+    image_size = check_int("image_size", image_size)
+    if image_size not in UNET_CONFIGS and "channel_mult" not in overrides:
+        nearest = min(UNET_CONFIGS, key=lambda s: (abs(s - image_size), s))
+        raise ValueError(f"image_size={image_size} has no UNet configuration; configured sizes: {', '.join(map(str, sorted(UNET_CONFIGS)))}. "
+                         f"Use -p image_size {nearest}, or give the levels of a network for {image_size} px: "
+                         f"-p unet_mult {','.join(map(str, levels_for(image_size)))} (channel_mult={levels_for(image_size)})")
+    base = UNET_CONFIGS.get(image_size) or {**UNET_CONFIGS[32], "attention_resolutions": ()}
+    return {**base, **overrides}
 
 def unet_for(
     image_size: int,    # H = W of the images
     channels: int = 1,  # C of the images
     **overrides,        # any other `UNet` argument, replacing the configuration's value
 ) -> UNet:
-    "The DSB paper's UNet (improved DDPM, Nichol & Dhariwal, 2021) for `image_size` px images, from `UNET_CONFIGS`."
-    if image_size not in UNET_CONFIGS and "channel_mult" not in overrides:
-        raise ValueError(f"image_size={image_size} has no UNet configuration; configured sizes: "
-                         f"{', '.join(map(str, sorted(UNET_CONFIGS)))}; pass channel_mult=... to build one")
-    config = {**UNET_CONFIGS.get(image_size, UNET_CONFIGS[32]), **overrides}  # an unconfigured size starts from the 32 px one
-    return UNet(image_size, in_channels=channels, **config)
+    "The DSB paper's UNet (improved DDPM, Nichol & Dhariwal, 2021) for `image_size` px images, from `UNET_CONFIGS` (`unet_config`)."
+    return UNet(image_size, in_channels=channels, **unet_config(image_size, **overrides))
 
 # %% ../nbs/06_unet.ipynb #070da3f2
-def parse_resolutions(text: str) -> tuple:
-    "'16,8' -> (16, 8); '' -> () ; anything else is an error naming `attention_resolutions`."
+def parse_resolutions(text: str, name: str = "attention_resolutions") -> tuple:
+    "'16,8' -> (16, 8); '' -> () ; anything else is an error naming the parameter `name`."
     try: return tuple(int(p) for p in str(text).replace(" ", "").split(",") if p)
-    except ValueError: raise ValueError(f"parameter attention_resolutions={text!r} must be pixel sizes separated by commas, e.g. '16,8'") from None
+    except ValueError: raise ValueError(f"parameter {name}={text!r} must be integers separated by commas, e.g. '16,8'") from None
 
 @dataclass
 class UNetOptions(Options):
     "The parameters of model='unet'."
+    unet_channels: int = 0          # UNet base width (0: the configuration's for the image size, e.g. 16 at 8 px, 64 at 28 px)
+    unet_mult: str = ""             # UNet channel multipliers, one per level, e.g. '1,2,2' ('': the configuration's)
+    unet_res_blocks: int = 0        # UNet residual blocks per level (0: the configuration's)
     attention_resolutions: str = "" # pixel sizes with self-attention, e.g. '16,8' ('': the configuration's own)
     @classmethod
-    def check(cls, cfg): parse_resolutions(cfg.attention_resolutions)
+    def check(cls, cfg):
+        parse_resolutions(cfg.attention_resolutions)
+        mult = parse_resolutions(cfg.unet_mult, "unet_mult")
+        if any(m < 1 for m in mult): raise ValueError(f"parameter unet_mult={cfg.unet_mult!r}: every multiplier must be >= 1")
+        check_int("parameter unet_channels", cfg.unet_channels, 0); check_int("parameter unet_res_blocks", cfg.unet_res_blocks, 0)
+        size = getattr(cfg, "image_size", 0)
+        if size:                                   # a size the run chooses: refused now, before anything is loaded or written
+            try: unet_config(size, **unet_overrides(cfg))
+            except ValueError as e: raise ValueError(f"parameter image_size: {e}") from None
+
+def unet_overrides(cfg) -> dict:
+    "The `UNet` arguments a run config's `unet_*` and `attention_resolutions` parameters set."
+    out = {}
+    if cfg.unet_channels: out["model_channels"] = cfg.unet_channels
+    if cfg.unet_mult: out["channel_mult"] = parse_resolutions(cfg.unet_mult, "unet_mult")
+    if cfg.unet_res_blocks: out["num_res_blocks"] = cfg.unet_res_blocks
+    if cfg.attention_resolutions: out["attention_resolutions"] = parse_resolutions(cfg.attention_resolutions)
+    return out
 
 @MODELS.register("unet", options=UNetOptions)
-def unet(cfg, # a run config: reads `attention_resolutions`
+def unet(cfg, # a run config: reads `unet_channels`, `unet_mult`, `unet_res_blocks`, `attention_resolutions`
          shape: tuple, # (C, H, W) of one image
          zero_init_last: bool = True, # the UNet's output convolution always starts at zero
         ) -> UNet:
-    "The paper's UNet for images of shape `(C, H, W)`: `unet_for(H, C)`, attention overridden by `cfg.attention_resolutions`."
+    "The paper's UNet for images of shape `(C, H, W)`: `unet_for(H, C)` with the run's overrides (`unet_overrides`)."
     if len(shape) != 3 or shape[1] != shape[2]:
         raise ValueError(f"parameter model='unet' takes square images of shape (C, H, W), but this data set's samples have shape "
                          f"{tuple(shape)}; use model='mlp' for points")
     C, H, _ = shape
-    overrides = {}
-    if cfg.attention_resolutions: overrides["attention_resolutions"] = parse_resolutions(cfg.attention_resolutions)
-    try: return unet_for(H, C, **overrides)
+    overrides = unet_overrides(cfg)
+    try:
+        config = unet_config(H, **overrides)
+        config["num_heads"] = math.gcd(config["num_heads"], config["model_channels"])
+        return UNet(H, in_channels=C, **config)
     except ValueError as e:
-        name = "attention_resolutions" if "attention_resolutions" in str(e) else "image_size"
+        msg = str(e)
+        if "has no UNet configuration" in msg: name = "image_size"
+        elif "attention_resolutions" in msg: name = "attention_resolutions"
+        elif "model_channels" in msg: name = "unet_channels"
+        else: name = "unet_mult" if "channel_mult" in overrides else "image_size"
         raise ValueError(f"parameter {name}: {e}") from None

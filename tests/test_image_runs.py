@@ -31,21 +31,30 @@ def data_dir(tmp_path_factory):
     ("mnist", {}, (1, 28, 28)),
     ("emnist_mnist", {}, (1, 28, 28)),
     ("celeba", {"image_size": 32}, (3, 32, 32)),     # the layout and loader of CelebA at a size the CPU can run
-    ("folder", {"image_size": 8}, (3, 8, 8)),
+    ("folder", {"image_size": 8, "progress": True, "num_iter": 24, "cache_refresh": 12}, (3, 8, 8)),   # progress as papermill shows it
 ])
-def test_image_data_sets_run_through_train_notebook(data_dir, tmp_path, dataset, extra, shape):
+def test_image_data_sets_run_through_train_notebook(data_dir, tmp_path, dataset, extra, shape, capfd, monkeypatch):
     import papermill as pm
+    monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)     # else ipykernel leaves fd 2 alone: the notebook would not get the lines
     data = str(data_dir / "mine") if dataset == "folder" else str(data_dir)
-    params = dict(TINY, dataset=dataset, data_dir=data, out_dir=str(tmp_path / "runs"), run_name="r", **extra)
+    params = dict(TINY, dataset=dataset, data_dir=data, out_dir=str(tmp_path / "runs"), run_name="r")
+    params.update(extra)
     pm.execute_notebook(str(ROOT / "nbs" / "train.ipynb"), str(tmp_path / "out.ipynb"), parameters=params,
                         kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
     run_dir = tmp_path / "runs" / "r"
     cfg = json.loads((run_dir / "config.json").read_text())
-    assert cfg["model"] == "unet" and cfg["dataset"] == dataset and cfg["lr"] == 1e-4     # the paper's defaults were applied
+    paper = dataset != "folder"                                                          # 'folder' has a CPU preset
+    assert cfg["model"] == "unet" and cfg["dataset"] == dataset and (cfg["lr"] == 1e-4) == paper
+    if params["progress"]:   # issue 22: papermill's terminal showed nothing but its cell counter for 9 minutes
+        nb = json.loads((tmp_path / "out.ipynb").read_text())
+        kept = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+        shown = capfd.readouterr().err                                   # the kernel's stderr is papermill's terminal
+        for text in (shown, kept):                                       # the plan, an estimate, the end: on screen and in the notebook
+            assert "training: 1 iteration x 2 stages x 24 steps" in text and "estimate: " in text and "training stopped after" in text
     names = {p.name for p in run_dir.iterdir()}
     assert {"checkpoint.pt", "metrics.json", "samples_ipf01.png", "bridge.gif"} <= names
     m = json.loads((run_dir / "metrics.json").read_text())
-    assert m["steps"] == 2 * TINY["num_iter"] and m["sw2_data"] == m["sw2_data"]
+    assert m["steps"] == 2 * params["num_iter"] and m["sw2_data"] == m["sw2_data"]
     import dsb
     bridge = dsb.load(run_dir)
     assert tuple(bridge.data.shape) == shape and bridge.sample(3).shape == (3, *shape)
@@ -85,3 +94,11 @@ def test_digits_run_logs_the_digit_score_next_to_its_floor(tmp_path, monkeypatch
     assert 0.1 <= s["digit_confidence"] <= 1 and s["digit_fd"] > s["digit_fd_floor"]   # 4 training steps: far from digits
     evals = [json.loads(l) for l in (tmp_path / "runs/d/metrics.jsonl").read_text().splitlines() if '"eval"' in l]
     assert len(evals) == 1 and "digit_fd" in evals[0]
+
+
+def test_image_transfer_runs_offline(tmp_path):
+    "Issue 22 item 3: `mnist_digits`, shrunk MNIST digits carried to scikit-learn's digits, scored as digits and by the labels kept."
+    from dsb.run import run
+    m = run(dataset="mnist_digits", solver="dsbm", **{**TINY, "eval_npar": 64}, out_dir=str(tmp_path / "runs"), run_name="t", plots=True)
+    assert 0 <= m["transfer_labels_kept"] <= 1 and 0.3 < m["transfer_labels_untransferred"] < 0.8 and m["digit_fd"] > m["digit_fd_floor"]
+    assert (tmp_path / "runs/t/samples_ipf01.png").exists()

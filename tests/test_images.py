@@ -143,7 +143,8 @@ def test_bad_parameters():
     with pytest.raises(ValueError, match="dataset='mnits' is not allowed.*did you mean 'mnist'"): make_data(cfg(dataset="mnits"))
     with pytest.raises(MissingDataError, match="parameter data_dir='/no/such/dir': no such folder"):
         make_data(cfg(dataset="folder", data_dir="/no/such/dir"))
-    with pytest.raises(ValueError, match="transfer=True"): make_data(cfg(dataset="digits", transfer=True))
+    from dsb.config import make_config
+    with pytest.raises(ValueError, match="transfer=True applies to dataset='2d'"): make_config(dataset="digits", transfer=True)
 
 def test_cli_arguments(capsys):
     with pytest.raises(SystemExit) as e: main(["download", "cifar"])
@@ -159,3 +160,56 @@ def test_download_without_network_fails_in_one_line(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and r.stdout.strip() == "", (r.stdout, r.stderr)
     assert "download" in lines[0] and ("network" in lines[0] or "ossci-datasets" in lines[0])
+
+
+# -- issue 22: every power of two from 8 to 64 builds a UNet; other sizes say what works, before anything is written
+
+@pytest.mark.parametrize("size", [8, 16, 32, 64])
+def test_folder_sizes_build_a_unet(size):
+    from dsb.config import make_config
+    from dsb.unet import unet
+    cfg = make_config(dataset="folder", image_size=size)
+    with torch.device("meta"): net = unet(cfg, (3, size, size))
+    assert net.image_size == size
+
+def test_an_unconfigured_size_names_parameters_that_work(tmp_path):
+    from dsb.config import make_config
+    from dsb.run import run
+    with pytest.raises(ValueError) as e: make_config(dataset="folder", image_size=48)
+    msg = str(e.value)
+    assert "parameter image_size" in msg and "-p image_size 32" in msg and "-p unet_mult 1,2,2,2" in msg
+    make_config(dataset="folder", image_size=32)                          # each suggestion is accepted
+    make_config(dataset="folder", image_size=48, unet_mult="1,2,2,2")
+    with pytest.raises(ValueError, match="parameter image_size"):
+        run(dataset="folder", data_dir=str(tmp_path), image_size=48, out_dir=str(tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()
+
+def test_unet_size_parameters():
+    from dsb.config import make_config
+    from dsb.models import make_model
+    cfg = make_config(dataset="digits", unet_channels=24, unet_mult="1,2,2", unet_res_blocks=2)
+    net = make_model(cfg, (1, 8, 8), False).net
+    assert (net.model_channels, net.channel_mult, net.num_res_blocks, net.num_heads) == (24, (1, 2, 2), 2, 2)
+    with pytest.raises(ValueError, match="parameter unet_mult='1,x'"): make_config(dataset="digits", unet_mult="1,x")
+    with pytest.raises(ValueError, match="applies to model='unet'"): make_config(dataset="2d", unet_channels=8)
+
+
+# -- issue 22: image transfer without a download
+
+def test_mnist_digits_transfer_ends():
+    spec = make_data(cfg(dataset="mnist_digits"))
+    g = torch.Generator().manual_seed(0)
+    x, y = spec.data(64, g), spec.prior(64, g)
+    assert spec.shape == (1, 8, 8) and x.shape == y.shape == (64, 1, 8, 8) and spec.scorer == "digits8"
+    assert y.min() == -1 and (y.flatten(1).amax(1) == 1).all()              # shrunk MNIST digits, not Gaussian noise
+    assert spec.score_bridge is not None
+
+
+@pytest.mark.parametrize("solver", ["dsb", "dsbm"])
+def test_folder_has_a_cpu_preset(solver):
+    "Issue 22 item 4: the folder preset kept 2,500 chains per refresh, N = 50 and 4,000 evaluation samples (9 minutes for 2 x 200 steps at 8 px)."
+    from dsb.config import make_config
+    cfg = make_config(dataset="folder", solver=solver)
+    assert (cfg.image_size, cfg.unet_channels, cfg.batch_size) == (16, 16, 64)
+    assert cfg.cache_npar <= 500 and cfg.num_steps <= 20 and cfg.eval_npar <= 500 and cfg.n_ipf * cfg.num_iter <= 1000
+    assert make_config(dataset="folder", solver=solver, image_size=32).image_size == 32        # the user's size wins
