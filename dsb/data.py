@@ -88,7 +88,7 @@ _MOMENTS_2D = {
     "checker": ((0., 0.), 4 / 3),
     "pinwheel": ((0., 0.), 0.55),
     "8gaussians": ((0., 0.), 8.25),
-    "mixture": ((0., 0.), (49 + 1 + 1) / 2),
+    "mixture": ((0., 0.), 25.5),
     "spirals": ((0., 0.), 1 / 4 + _SPIRALS["noise"] ** 2),
 }
 DATASETS_2D = tuple(_RAW_2D)
