@@ -5,8 +5,10 @@ Prints figures; asserts nothing about time. Usage:
     python bench/bench.py speed                 # iterations/s and cache build time (paper 2d config)
     python bench/bench.py quality               # SW2 vs noise floor on scurve, checker, 8gaussians
     python bench/bench.py gaussian              # d=5 coupling vs closed form and DSB's exact iterate (04's GAUSSIAN_BENCHMARK)
-    python bench/bench.py solvers               # DSB vs DSBM: Gaussian d=5, 20 at T=0.5, 1, 2; 2d and transfer SW2/floor, SDE and ODE
-    python bench/bench.py solvers --only 2d     # one part of the solver table: gaussian, 2d or transfer
+    python bench/bench.py solvers               # DSB, DSBM, LightSB: Gaussian d=5, 20, 50 at T=0.5, 1, 2; the EOT mixture benchmark
+                                                # at d=2, 16, 64 (cBW2-UVP); 2d and transfer exact W2 / kNN precision and SW2, SDE and ODE
+    python bench/bench.py solvers --only 2d     # one part of the solver table: gaussian, eot, 2d or transfer
+    python bench/bench.py solvers --only eot --eot-dims 2 16 64 128   # the mixture benchmark, here up to d = 128
     python bench/bench.py solvers --only 2d --set num_iter=1000   # the 2d / transfer rows with other parameters than the presets'
     python bench/bench.py solvers --only 2d --solvers dsbm --seeds 0 1 2   # each row's mean over three training seeds
     python bench/bench.py calibrate             # how the 2d score rates fresh data (a perfect model)
@@ -14,15 +16,22 @@ Prints figures; asserts nothing about time. Usage:
     python bench/bench.py all --device cuda     # everything, on a GPU
     python bench/bench.py speed --quick         # tiny sizes (what the tests run)
 
-Every run uses the solvers' presets (dsb.trainer.PRESETS, registered in nbs/10_ipf and nbs/16_dsbm): the settings a user
-gets with `-p solver NAME`; no setting is tuned here. Results are also written as JSON to bench/out/<name>.json.
+Every run uses the solvers' presets (dsb.trainer.PRESETS, registered in nbs/10_ipf, nbs/16_dsbm and nbs/20_lightsb): the settings a user
+gets with `-p solver NAME`; no setting is tuned here. Results are also written as JSON to bench/out/<name>.json; the solver
+table's to bench/results/solvers-<parts>-<device>.json with the date, commit, machine and command (bench/RESULTS.md is made
+from those). Every time is the CPU seconds of this process (`time.process_time`, one thread unless OMP_NUM_THREADS says more).
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
+import os
+import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +51,8 @@ from dsb.metrics import sliced_wasserstein, coupling_moments, PointScore
 from dsb.data import TRANSFER_PAIRS, components_2d
 
 OUT = Path(__file__).parent / "out"
+RESULTS = Path(__file__).parent / "results"
+SOLVERS_2D = ("scurve", "checker", "8gaussians", "moon", "spirals", "pinwheel")
 
 # The original implementation, measured on the 2-core development machine (issue 3), at PAPER_2D (dsb.ipf):
 ORIGINAL = {"all_in_it_per_s": (100, 112), "train_only_it_per_s": 230, "cache_build_s": 0.5}
@@ -307,8 +318,34 @@ def _gaussian_row(solver, d, T, device, quick):
     grid = cfg.grid_steps if solver == "dsbm" and cfg.grid_steps else cfg.num_steps
     budget = f"N={grid} {cfg.n_ipf}x2x{cfg.num_iter} steps, batch {cfg.batch_size}, {cfg.cache_npar} per refresh"
     cv = _cross_cov_cv(tr, data, cfg.var_final, exact, 500 if quick else 20_000, 2 if quick else 5) if solver == "dsbm" else {}
+    if solver == "lightsb":   # a closed-form plan: cov(x_0, x_T) = cov(x_0, E[x_T | x_0]), no noise from the far end's draws
+        with torch.no_grad(): cv = {"err_plan": err(tr.solver.plan(x, to_data=False).mean()), "plan_floor": _plan_floor(d, cfg.var_final, exact, m)}
+        budget = f"K={cfg.n_components} {cfg.n_ipf}x2x{cfg.num_iter} steps, batch {cfg.batch_size}, {cfg.cache_npar} per refresh"
     return {"part": "gaussian", "solver": solver, "d": d, "T": T, "err_sde": err(sde), "mc_floor": _cross_cov_floor(d, cfg.var_final, exact, m),
             "pairs": m, "cov_err_sde": cov_err(gen_sde), "cov_err_ode": cov_err(gen_ode), "budget": budget, **cv, **times}
+
+
+def _plan_floor(d, var_final, exact, m, draws=5):
+    "The error of the conditional-mean estimator for a perfect plan: cov(x_0, E[x_T | x_0]) from `m` exact data points, mean over `draws`."
+    mean0, S0 = gaussian_problem(d)
+    slope = exact.T @ torch.linalg.inv(S0)                              # E[x_T | x_0] = slope (x_0 - mean0) + mean of x_T
+    errs = []
+    for k in range(draws):
+        x0 = torch.randn(m, d, generator=torch.Generator().manual_seed(k), dtype=torch.float64) @ torch.linalg.cholesky(S0).T + mean0
+        errs.append(relative_error(coupling_moments(x0, x0 @ slope.T), exact).item())
+    return statistics.mean(errs)
+
+
+def _eot_row(solver, d, device, quick):
+    "The mixture benchmark (`21_eot`) in d dimensions with the solver's preset: cBW2-UVP of its SDE plan, the floor of as many exact draws, the closed form if any."
+    p = dict(dataset="eot_mixture", data_dim=d, solver=solver)
+    if quick: p.update(n_ipf=1, num_iter=50, cache_npar=300, cache_refresh=25, **({"grid_steps": 10, "ode_steps": 10} if solver == "dsbm" else {}))
+    tr, cfg, data, times = _train(p, device)
+    c0 = time.process_time()
+    score = data.score_bridge(tr.solver, torch.Generator(device).manual_seed(1))
+    size = f"K={cfg.n_components} " if solver == "lightsb" else (f"N={cfg.grid_steps or cfg.num_steps} " if solver == "dsbm" else f"N={cfg.num_steps} ")
+    budget = size + f"{cfg.n_ipf}x2x{cfg.num_iter} steps, batch {cfg.batch_size}"
+    return {"part": "eot", "solver": solver, "d": d, **score, "score_cpu_s": time.process_time() - c0, "budget": budget, **times}
 
 
 def _cross_cov_floor(d, var_final, exact, m, draws=5):
@@ -399,14 +436,27 @@ def _over_seeds(rows):
     return out
 
 
-def solvers(device, quick=False, only=None, draws=20, n=10_000, dims=(5, 20), horizons=(0.5, 1., 2.), tag="",
-            names=("dsb", "dsbm"), data=None, overrides=None, seeds=None):
-    """DSB vs DSBM: Gaussian cross-covariance vs the closed form; 2d and transfer SW2 / floor with SDE and ODE sampling; wall times.
+def _provenance() -> dict:
+    "When, from which commit (and whether the tree had changes), on which machine and by which command a result was made."
+    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "machine": {"node": platform.node(), "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                        "threads": torch.get_num_threads(), "torch": torch.__version__},
+            "command": " ".join(["python", *sys.argv])}
+
+
+def solvers(device, quick=False, only=None, draws=20, n=10_000, dims=(5, 20, 50), horizons=(0.5, 1., 2.), tag="",
+            names=("dsb", "dsbm", "lightsb"), data=None, overrides=None, seeds=None, eot_dims=(2, 16, 64)):
+    """DSB, DSBM and LightSB: Gaussian cross-covariance vs the closed form; the EOT mixture benchmark's cBW2-UVP; 2d and transfer
+    exact W2 / kNN and SW2 against their floors with SDE and ODE sampling; CPU seconds of training.
     `seeds`: train each 2d / transfer row once per seed and report the mean over the seeds (`_over_seeds`)."""
-    rows = []
+    rows, meta = [], _provenance()
     def add(row):
         rows.append(row); _show_solver_row(row)
-        if not quick: (OUT / f"solvers{tag}-{device.type}.json").write_text(json.dumps({"device": str(device), "rows": rows}, indent=1))
+        if not quick:
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            (RESULTS / f"solvers{tag}-{device.type}.json").write_text(json.dumps({**meta, "device": str(device), "rows": rows}, indent=1))
     def points(*args, **extra):
         if not seeds: return add(_points_row(*args, overrides=overrides, **extra))
         per = []
@@ -418,8 +468,11 @@ def solvers(device, quick=False, only=None, draws=20, n=10_000, dims=(5, 20), ho
         for d in ((5,) if quick else dims):
             for T in ((1.,) if quick else horizons):
                 for solver in names: add(_gaussian_row(solver, d, T, device, quick))
+    if only in (None, "eot"):
+        for d in ((2,) if quick else eot_dims):
+            for solver in names: add(_eot_row(solver, d, device, quick))
     if only in (None, "2d"):
-        for name in (("scurve",) if quick else data or ("scurve", "checker", "8gaussians")):
+        for name in (("scurve",) if quick else data or SOLVERS_2D):
             for solver in names: points("2d", name, solver, device, quick, draws, n, data=name)
     if only in (None, "transfer"):
         for a, b in (TRANSFER_PAIRS[:1] if quick else [(a, b) for a, b in TRANSFER_PAIRS if not data or f"{a}-{b}" in data]):
@@ -429,11 +482,19 @@ def solvers(device, quick=False, only=None, draws=20, n=10_000, dims=(5, 20), ho
 
 
 def _show_solver_row(r):
+    if r["part"] == "eot":
+        exact = f", closed form {r['cbw2_uvp_exact']:.3f} %" if "cbw2_uvp_exact" in r else ""
+        print(f"eot      d={r['d']:<3d}       {r['solver']:7s} cBW2-UVP {r['cbw2_uvp']:7.3f} +- {r['cbw2_uvp_se']:.3f} % (floor of as many exact "
+              f"draws {r['cbw2_uvp_floor']:.3f} %{exact})   cpu {r['cpu_s']:5.0f} s   ({r['budget']})", flush=True)
+        return
     if r["part"] == "gaussian":
         print(f"gaussian d={r['d']:<3d} T={r['T']:<4} {r['solver']:5s} cross-cov err (SDE) {100 * r['err_sde']:6.2f} % "
               f"(floor of {r['pairs']} exact pairs {100 * r['mc_floor']:.2f} %)   "
               f"data cov err: SDE {100 * r['cov_err_sde']:5.2f} %  ODE {100 * r['cov_err_ode']:5.2f} %"
               f"   cpu {r['cpu_s']:5.0f} s  wall {r['wall_s']:5.0f} s   ({r['budget']})", flush=True)
+        if "err_plan" in r:
+            print(f"{'':24s}closed-form plan: cross-cov err {100 * r['err_plan']:6.2f} % (floor of {r['pairs']} exact data points "
+                  f"{100 * r['plan_floor']:.2f} %)", flush=True)
         if "err_cv" in r:
             print(f"{'':24s}control variate: cross-cov err {100 * r['err_cv']:6.2f} ± {100 * r['err_cv_std']:.2f} % ({r['cv_pairs']} pairs x {r['cv_draws']} draws; "
                   f"the exact drift on the same grid: {100 * r['grid_err']:.2f} %)", flush=True)
@@ -492,9 +553,10 @@ def main(argv=None):
     p.add_argument("what", choices=("speed", "quality", "gaussian", "solvers", "calibrate", "grid", "all"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
-    p.add_argument("--only", choices=("gaussian", "2d", "transfer"), help="solvers: one part of the table")
-    p.add_argument("--dims", type=int, nargs="+", default=[5, 20], help="solvers: Gaussian dimensions")
-    p.add_argument("--solvers", nargs="+", default=["dsb", "dsbm"], choices=("dsb", "dsbm"), help="solvers: which solvers")
+    p.add_argument("--only", choices=("gaussian", "eot", "2d", "transfer"), help="solvers: one part of the table")
+    p.add_argument("--dims", type=int, nargs="+", default=[5, 20, 50], help="solvers: Gaussian dimensions")
+    p.add_argument("--eot-dims", type=int, nargs="+", default=[2, 16, 64], help="solvers: dimensions of the EOT mixture benchmark")
+    p.add_argument("--solvers", nargs="+", default=["dsb", "dsbm", "lightsb"], choices=("dsb", "dsbm", "lightsb"), help="solvers: which solvers")
     p.add_argument("--data", nargs="+", help="solvers: 2d data sets / transfer pairs ('scurve-circle') to run")
     p.add_argument("--horizons", type=float, nargs="+", default=[0.5, 1., 2.], help="solvers: Gaussian horizons T")
     p.add_argument("--draws", type=int, default=20, help=f"solvers: draws of 10,000 generated points per 2d / transfer row "
@@ -526,7 +588,7 @@ def main(argv=None):
     for name, fn in (("speed", speed), ("quality", quality), ("gaussian", gaussian), ("solvers", solvers)):
         if a.what in (name, "all"):
             res = fn(device, quick=a.quick, only=a.only, dims=a.dims, horizons=a.horizons, names=a.solvers, data=a.data,
-                     draws=a.draws, overrides=overrides, seeds=a.seeds,
+                     draws=a.draws, overrides=overrides, seeds=a.seeds, eot_dims=a.eot_dims,
                      tag="".join(f"-{x}" for x in [a.only or "all", *a.solvers, *(a.data or []), *a.set,
                                                    *(["seeds" + "".join(map(str, a.seeds))] if a.seeds else [])])) if name == "solvers" else fn(device, quick=a.quick)
             results[name] = res

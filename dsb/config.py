@@ -19,7 +19,7 @@ from .models import MODELS
 from .data import DATASETS
 from .trainer import SOLVERS, SAMPLERS
 from .core import PRESETS, preset_for
-import dsb.unet, dsb.images, dsb.ipf, dsb.dsbm  # noqa: F401 (imported for their registrations: 'unet', the image sets, 'dsb', 'dsbm')
+import dsb.unet, dsb.images, dsb.ipf, dsb.dsbm, dsb.lightsb, dsb.eot  # noqa: F401 (imported for their registrations: 'unet', the image sets, 'dsb', 'dsbm', 'lightsb', 'eot_mixture')
 
 # %% auto #0
 __all__ = ['SELECTORS', 'Config', 'RESUMABLE', 'RunOptions', 'owners', 'config_class', 'parameter_docs', 'check_names',

@@ -68,9 +68,17 @@ def _mixture(n, g):
     x[:, 0] += 7 * (2 * _label(n, 2, g) - 1)
     return x
 
+_SPIRALS = dict(turns=1.5, noise=0.03)   # two arms of 1.5 turns in the unit disc, Gaussian noise of this std
+
+def _spirals(n, g):
+    r = _u(n, g).sqrt()
+    angle = 2 * math.pi * _SPIRALS["turns"] * r
+    arm = (1 - 2 * _label(n, 2, g)).double()
+    return (arm * r)[:, None] * torch.stack([torch.cos(angle), torch.sin(angle)], 1) + _SPIRALS["noise"] * _eps(n, g)
+
 # %% ../nbs/07_data.ipynb #c5a4cac1
 _RAW_2D = {"scurve": _scurve, "swiss": _swiss, "moon": _moon, "circle": _circle, "checker": _checker,
-           "pinwheel": _pinwheel, "8gaussians": _8gaussians, "mixture": _mixture}
+           "pinwheel": _pinwheel, "8gaussians": _8gaussians, "mixture": _mixture, "spirals": _spirals}
 # name -> (centre m, variance sigma^2 per coordinate), exact moments of the raw construction
 _MOMENTS_2D = {
     "scurve": ((0., 0.), 1 + 2 / (3 * math.pi)),
@@ -81,6 +89,7 @@ _MOMENTS_2D = {
     "pinwheel": ((0., 0.), 0.55),
     "8gaussians": ((0., 0.), 8.25),
     "mixture": ((0., 0.), 25.5),
+    "spirals": ((0., 0.), 1 / 4 + _SPIRALS["noise"] ** 2),
 }
 DATASETS_2D = tuple(_RAW_2D)
 

@@ -26,7 +26,7 @@ from .imf import LinearReference, bridge_sample
 
 # %% auto #0
 __all__ = ['COUPLINGS', 'PREDICTIONS', 'end_drift', 'bridge_targets', 'sde_sample', 'flow_velocity', 'flow_chain', 'flow_sample',
-           'uniform_grid', 'Drift', 'EndDrift', 'DSBM', 'independent', 'DSBMOptions', 'dsbm_solver']
+           'uniform_grid', 'Drift', 'EndDrift', 'DSBM', 'independent', 'DSBMOptions', 'ou_kernel', 'dsbm_solver']
 
 # %% ../nbs/16_dsbm.ipynb #b6cba202
 def end_drift(ref: LinearReference, # the reference Q
@@ -231,7 +231,12 @@ class DSBMOptions(Options):
         if cfg.precision != "fp32":
             raise ValueError(f"parameter precision={cfg.precision!r} applies to solver='dsb' only; DSBM trains in 'fp32'")
 
-@SOLVERS.register("dsbm", options=DSBMOptions)
+def ou_kernel(cfg) -> tuple[float, float]:
+    "$(a_T, v_T)$ of the continuous OU reference on the horizon $T$ of a config's schedule (`LinearReference.ou`)."
+    T = Schedule.from_params(cfg.num_steps, cfg.gamma_min, cfg.gamma_max, cfg.gamma_space).T
+    return LinearReference.ou(T, cfg.var_final, cfg.mean_final).endpoint_transition()
+
+@SOLVERS.register("dsbm", options=DSBMOptions, kernel=ou_kernel)
 def dsbm_solver(cfg, # a run config (`dsb.config.Config`)
                 data: DataSpec, # the two ends of the bridge
                 device: torch.device,

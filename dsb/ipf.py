@@ -27,7 +27,7 @@ from .core import preset
 # %% auto #0
 __all__ = ['STEP_WEIGHTS', 'PAPER_2D', 'GAUSSIAN_BENCHMARK_BUDGET', 'Cache', 'build_cache', 'shard_sizes', 'local_shards',
            'sharded', 'Direction', 'TwoWay', 'DSB', 'DSBFlow', 'available_memory', 'check_cache_memory', 'DSBOptions',
-           'dsb_solver']
+           'chain_kernel', 'dsb_solver']
 
 # %% ../nbs/10_ipf.ipynb #6d272a35
 @dataclass
@@ -264,7 +264,12 @@ class DSBOptions(Options):
             raise ValueError(f"parameter ode_steps={cfg.ode_steps}: solver='dsb' runs its probability flow on the chain's grid of "
                              f"num_steps={cfg.num_steps} steps; give 0 or {cfg.num_steps}, or use solver='dsbm' for any step count")
 
-@SOLVERS.register("dsb", options=DSBOptions)
+def chain_kernel(cfg) -> tuple[float, float]:
+    "$(a, v)$ of the reference chain a config describes: $x_N | x_0 \\sim N(a x_0 + (1 - a)\\mu, v I)$ (`02_reference`)."
+    a, v = reference_transition(Schedule.from_params(cfg.num_steps, cfg.gamma_min, cfg.gamma_max, cfg.gamma_space), cfg.var_final)
+    return a.item(), v.item()
+
+@SOLVERS.register("dsb", options=DSBOptions, kernel=chain_kernel)
 def dsb_solver(cfg, # a run config (`dsb.config.Config`)
                data: DataSpec, # the two ends of the bridge (`dsb.data.make_data(cfg)`)
                device: torch.device,

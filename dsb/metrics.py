@@ -16,8 +16,9 @@ from .core import check_int, check_positive, check_cov, sqrtm_psd, derive_seed
 
 # %% auto #0
 __all__ = ['as_points', 'random_directions', 'sort_columns', 'w2_1d_squared', 'sliced_wasserstein', 'noise_floor',
-           'energy_distance', 'median_bandwidth', 'mmd_rbf', 'gaussian_w2', 'bw2_uvp', 'gaussian_fit',
-           'coupling_moments', 'w2_exact', 'knn_radii', 'knn_precision_recall', 'ratio_se', 'PointScore']
+           'energy_distance', 'median_bandwidth', 'mmd_rbf', 'gaussian_w2', 'bw2_uvp', 'bures_wasserstein2',
+           'sample_moments', 'cbw2_uvp', 'gaussian_fit', 'coupling_moments', 'w2_exact', 'knn_radii',
+           'knn_precision_recall', 'ratio_se', 'PointScore']
 
 # %% ../nbs/13_metrics.ipynb #d77a0575
 def as_points(name: str, x, min_rows: int = 1) -> Tensor:
@@ -166,6 +167,36 @@ def bw2_uvp(m_hat: Tensor, S_hat: Tensor, # fitted mean (d,) and covariance (d, 
     var = torch.trace(S).item()
     if var <= 0: raise ValueError("S must have a positive trace (total variance)")
     return 100 * gaussian_w2(m_hat, S_hat, m, S) ** 2 / var
+
+# %% ../nbs/13_metrics.ipynb #8d1a6306
+def bures_wasserstein2(m1: Tensor, S1: Tensor, # means (..., d) and covariances (..., d, d)
+                       m2: Tensor, S2: Tensor, # the other Gaussians, broadcast against the first
+                      ) -> Tensor: # (...) float64
+    "Squared Bures-Wasserstein distances $|m_1 - m_2|^2 + \\operatorname{tr}(S_1 + S_2 - 2(S_1^{1/2}S_2S_1^{1/2})^{1/2})$ of a batch of pairs."
+    m1, S1, m2, S2 = (torch.as_tensor(u, dtype=torch.float64) for u in (m1, S1, m2, S2))
+    R = sqrtm_psd(S1)
+    cross = sqrtm_psd(R @ S2.to(R.device) @ R)
+    tr = lambda A: A.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return ((m1 - m2.to(m1.device)).square().sum(-1) + tr(S1) + tr(S2).to(m1.device) - 2 * tr(cross)).clamp_min(0)
+
+def sample_moments(x: Tensor, # (..., n, d) draws: n per conditioning point
+                  ) -> tuple[Tensor, Tensor]: # means (..., d), unbiased covariances (..., d, d), float64
+    "The mean and covariance (divisor n - 1) of each batch of draws."
+    x = torch.as_tensor(x, dtype=torch.float64)
+    if x.ndim < 2 or x.shape[-2] < 2: raise ValueError(f"x must have shape (..., n, d) with n >= 2 draws, got {tuple(x.shape)}")
+    m = x.mean(-2)
+    xc = x - m[..., None, :]
+    return m, xc.mT @ xc / (x.shape[-2] - 1)
+
+def cbw2_uvp(m_hat: Tensor, S_hat: Tensor, # the solver's conditional means (n, d) and covariances (n, d, d), one per conditioning point
+             m: Tensor, S: Tensor, # the true conditionals' means and covariances at the same points
+             total_var: float, # tr Cov(P_1), the total variance of the end the conditionals live on
+            ) -> tuple[float, float]: # cBW2-UVP in %, and its standard error over the conditioning points
+    "cBW2-UVP of Gushchin et al. (2023): $100\\,\\mathbb E_x[\\mathrm{BW}_2^2(\\hat\\pi(\\cdot|x), \\pi^*(\\cdot|x))]/\\operatorname{tr}\\mathrm{Cov}(P_1)$ (plain $|x-y|^2$ units)."
+    check_positive("total_var", total_var)
+    if m_hat.shape != m.shape or m_hat.ndim != 2: raise ValueError(f"m_hat and m must both have shape (n, d), got {tuple(m_hat.shape)} and {tuple(m.shape)}")
+    per = 100 * bures_wasserstein2(m_hat, S_hat, m, S) / total_var
+    return per.mean().item(), (per.std().item() / math.sqrt(len(per)) if len(per) > 1 else 0.)
 
 # %% ../nbs/13_metrics.ipynb #4cdcb4e4
 def gaussian_fit(x: Tensor, # (n, ...) samples, n >= 2
