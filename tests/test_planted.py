@@ -1,8 +1,8 @@
 """Fast engine checks, each against an exact answer, that catch the bugs of issue 20's table (and are the
 mutation-testing subset: `python bench/mutation.py`). Every test runs in about a second.
 
-Each test names the planted bug it was written against; `bench/MUTATION.md` lists how each was planted and the
-failing output. The answers are exact: hand-computed recursions, closed forms, or a replay of the same
+Each test names the planted bug it was written against; `PLANTED` in bench/mutation.py holds how each was planted,
+and `python bench/mutation.py --plant NAME` replays it (the tests must fail). The answers are exact: hand-computed recursions, closed forms, or a replay of the same
 random numbers, so the tolerances are float rounding (1e-12 in float64, 1e-6 in float32) or, for Monte-Carlo
 moments, 5 standard errors."""
 import copy
