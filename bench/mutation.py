@@ -120,13 +120,13 @@ def collect(work: Path, modules: list[str]) -> dict:
                          capture_output=True, text=True).stdout
     status = dict(re.findall(r"^\s+(\S+): (.+)$", out, re.M))
     status = {k: v for k, v in status.items() if module_of(k) in modules and v != "not checked"}
-    survivors = {}
-    for name, st in status.items():
-        if st == "survived":      # "no tests": no test of the subset reaches the function; counted, not listed one by one
-            diff = subprocess.run([MUTMUT, "show", name], cwd=work, env=env,
-                                  capture_output=True, text=True).stdout
-            survivors[name] = dict(status=st, diff="\n".join(l for l in diff.splitlines() if l.startswith(("+ ", "- ", "+", "-"))
-                                                          and not l.startswith(("+++", "---"))))
+    def show(name):
+        diff = subprocess.run([MUTMUT, "show", name], cwd=work, env=env, capture_output=True, text=True).stdout
+        return name, dict(status="survived", diff="\n".join(l for l in diff.splitlines() if l.startswith(("+", "-"))
+                                                              and not l.startswith(("+++", "---"))))
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(4) as pool:   # "no tests" (no test of the subset reaches the function): counted, not listed
+        survivors = dict(pool.map(show, [k for k, st in status.items() if st == "survived"]))
     return dict(status=status, survivors=survivors)
 
 
