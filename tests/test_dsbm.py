@@ -63,8 +63,15 @@ def test_gaussian_dsbm_measures_against_its_own_reference(tmp_path):
     params = dict({k: v for k, v in TINY.items() if k != "data"}, dataset="gaussian", data_dim=3, n_ipf=1, num_iter=60, eval_npar=2000,
                   gamma_min=0.05, gamma_max=0.05, ode_steps=0)
     s = run(**params, out_dir=str(tmp_path))
-    assert 0 <= s["cross_cov_error"] < 10 and "cross_cov_error_ode" not in s and s["T"] == pytest.approx(1.0)
     cfg = make_config(**params)
+    # the untrained drifts are zero (zero-initialised last layers): x_N = x_0 + noise, so cov(x_0, x_N) = cov(x_0); its error
+    # against the closed form (236 % here) is what a run that learned nothing scores. 60 steps of one stage reach 125 %.
+    data = make_data(cfg)
+    x0 = data.data(200_000, torch.Generator().manual_seed(0)).double()
+    a1, v1 = LinearReference.ou(1.0, 1.0).endpoint_transition()
+    exact = data.exact_cross_cov(a1, v1)
+    untrained = ((torch.cov(x0.T) - exact).norm() / exact.norm()).item()
+    assert 0 <= s["cross_cov_error"] < 0.75 * untrained and "cross_cov_error_ode" not in s and s["T"] == pytest.approx(1.0)
     a, v = build_trainer(cfg, make_data(cfg)).solver.reference_transition()
     a_T, v_T = LinearReference.ou(1.0, 1.0).endpoint_transition()
     assert (a.item(), v.item()) == pytest.approx((a_T, v_T), rel=1e-12)

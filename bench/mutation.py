@@ -1,0 +1,228 @@
+"""Mutation testing of dsb's core modules with mutmut (not in CI: minutes per module on one thread).
+
+    pip install mutmut                                   # 3.x
+    nice -n 15 python bench/mutation.py                  # every core module (hours on one thread)
+    nice -n 15 python bench/mutation.py reference trainer   # some of them
+    python bench/mutation.py --report                    # rewrite the report from the last run's results
+    python bench/mutation.py --plant ema_rate            # replay a planted bug of issue 20: its tests must fail
+
+It copies the working tree to a scratch folder (`--work`, default /tmp/dsb_mutation: mutmut writes a `mutants/`
+copy of the sources and must not touch yours), writes mutmut's configuration there (`MUTMUT_CFG` below), runs
+`mutmut run` on one process with one thread against the fast test subset `TESTS` (exact engine checks of
+seconds), and writes every surviving mutant with its diff to bench/results/mutation.json and the summary with
+the explanation of each accepted survivor to bench/MUTATION.md.
+
+A survivor is a mutant no test of the subset notices. Either the subset lacks a check (add one to
+tests/test_planted.py and rerun), or the mutant is equivalent (same behaviour: `x * 1.0` -> `x * 2.0` of a
+value that is 0, a message string, a default argument every caller overrides); equivalent ones are explained in
+`EXPLAINED` (mutant name -> reason), so the report separates them from the ones that still need a test."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = ("reference", "reversal", "gaussian", "imf", "trainer", "ipf", "dsbm", "checkpoint", "metrics")
+# mutmut's console script, not `python -m mutmut`: -m would put the work folder (its unmutated dsb/) first on sys.path
+MUTMUT = str(Path(sys.executable).parent / "mutmut")
+TESTS = ("tests/test_planted.py", "tests/test_core_exact.py")   # the fast subset: seconds in all
+MUTMUT_CFG = """[mutmut]
+source_paths = dsb/
+only_mutate =
+{only}
+pytest_add_cli_args_test_selection =
+{tests}
+pytest_add_cli_args =
+    -p
+    no:cacheprovider
+    -x
+    -q
+process_isolation = fork
+timeout_multiplier = 5.0
+timeout_constant = 10.0
+"""
+# The planted bugs of issue 20: (file, original, planted, tests that catch it). `python bench/mutation.py --plant NAME`
+# copies the tree, plants it and runs those tests (they must fail).
+PLANTED = {
+    "mm_sign": ("dsb/reversal.py", "return x_next + mean.to(x_next.dtype) - mean_fn(x_next, t).to(x_next.dtype)",
+                "return x_next - mean.to(x_next.dtype) + mean_fn(x_next, t).to(x_next.dtype)",
+                "tests/test_planted.py tests/test_accuracy.py::test_dsb_gaussian_matches_the_exact_dsb_iterate"),
+    "noise_last": ("dsb/reference.py", "if sigma2 > 0 and (noise_last or i < n - 1):", "if sigma2 > 0:", "tests/test_planted.py"),
+    "dsbflow_index": ("dsb/ipf.py", "half = (self.F(x, t[k]) - self.B(x, t[k + 1])) / 2", "half = (self.F(x, t[k]) - self.B(x, t[k])) / 2",
+                      "tests/test_planted.py"),
+    "cache_t_build": ("dsb/ipf.py", "t[1:].to(x0), npar)", "t[:-1].to(x0), npar)", "tests/test_planted.py"),
+    "cache_t_refresh": ("dsb/ipf.py", "sample.grid[0][1:].to(x)", "sample.grid[0][:-1].to(x)",
+                        "tests/test_planted.py tests/test_accuracy.py::test_dsb_gaussian_matches_the_exact_dsb_iterate"),
+    "ema_rate": ("dsb/trainer.py", "torch._foreach_lerp_(self.ema_params, self.net_params, 1 - rate)",
+                 "torch._foreach_lerp_(self.ema_params, self.net_params, rate)", "tests/test_planted.py"),
+    "dsbm_ode_swap": ("dsb/dsbm.py", "return flow_chain(self.forward.ema, self.backward.ema, *grid)",
+                      "return flow_chain(self.backward.ema, self.forward.ema, *grid)",
+                      "tests/test_planted.py tests/test_accuracy.py::test_dsbm_gaussian_matches_the_exact_imf_iterate_and_its_ode_reaches_the_data"),
+    "dsbm_weight": ("dsb/dsbm.py", "self.ref.transition(self.ref.T - t if self.forward_stage else t)",
+                    "self.ref.transition(t if self.forward_stage else self.ref.T - t)", "tests/test_planted.py"),
+}
+
+
+def plant(name: str, work: Path) -> int:
+    "Copy the tree to `work`, plant bug `name` in it and run the tests that must catch it; returns pytest's exit code (1: caught)."
+    f, old, new, tests = PLANTED[name]
+    copy_tree(work)
+    src = (work / f).read_text()
+    if src.count(old) != 1: raise SystemExit(f"{name}: the original line is no longer in {f}; update PLANTED")
+    (work / f).write_text(src.replace(old, new))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PYTHONPATH": str(work)}
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests.split()], cwd=work, env=env).returncode
+
+
+# Survivors accepted after reading them: equivalent mutants (no input changes the behaviour) or changes to
+# messages and defaults no caller uses. Keys are mutmut's names at the commit of the report (they shift when the
+# code changes: rerun and reread after editing a module).
+EXPLAINED: dict[str, str] = {}
+
+
+def copy_tree(work: Path):
+    "Tracked and untracked-but-not-ignored files of the repository into `work` (a fresh folder)."
+    if (work / ".git").exists() or work.resolve() in (ROOT, *ROOT.parents):
+        raise SystemExit(f"--work {work} is a repository or holds this one: give a scratch folder")
+    if work.exists(): shutil.rmtree(work)
+    work.mkdir(parents=True)
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    for f in files:
+        src = ROOT / f
+        if src.is_file():
+            (work / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, work / f)
+
+
+def run_mutmut(work: Path, modules: list[str]) -> float:
+    cfg = MUTMUT_CFG.format(only="\n".join(f"    dsb/{m}.py" for m in modules), tests="\n".join(f"    {t}" for t in TESTS))
+    (work / "setup.cfg").write_text(cfg)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg",
+           "PYTHONPATH": str(work / "mutants")}
+    (work / "mutants").mkdir(exist_ok=True)   # before mutmut starts: a PYTHONPATH folder missing at start-up is never searched
+    t0 = time.time()
+    subprocess.run([MUTMUT, "run", "--max-children", "1"], cwd=work, env=env)
+    return time.time() - t0
+
+
+def collect(work: Path, modules: list[str]) -> dict:
+    "Every mutant's status (mutmut results --all) and the diff of each survivor."
+    env = {**os.environ, "PYTHONPATH": str(work / "mutants")}
+    out = subprocess.run([MUTMUT, "results", "--all", "true"], cwd=work, env=env,
+                         capture_output=True, text=True).stdout
+    status = dict(re.findall(r"^\s+(\S+): (.+)$", out, re.M))
+    status = {k: v for k, v in status.items() if module_of(k) in modules and v != "not checked"}
+    def show(name):
+        diff = subprocess.run([MUTMUT, "show", name], cwd=work, env=env, capture_output=True, text=True).stdout
+        return name, dict(status="survived", diff="\n".join(l for l in diff.splitlines() if l.startswith(("+", "-"))
+                                                              and not l.startswith(("+++", "---"))))
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(4) as pool:   # "no tests" (no test of the subset reaches the function): counted, not listed
+        survivors = dict(pool.map(show, [k for k, st in status.items() if st == "survived"]))
+    return dict(status=status, survivors=survivors)
+
+
+def module_of(name: str) -> str: return name.split(".")[1] if name.startswith("dsb.") else name.split(".")[0]
+
+
+def docstring_only(diff: str) -> bool:
+    "A mutant that only changes a docstring (a line that is one string literal): equivalent, documentation is not behaviour."
+    lines = [l[1:].strip() for l in diff.splitlines() if l[:1] in "+-"]
+    return bool(lines) and all(l[:1] in "\"'" and l[-1:] in "\"'" and l.count('"') == 2 for l in lines)
+
+
+def reason(name: str, v: dict) -> str | None:
+    if name in EXPLAINED: return EXPLAINED[name]
+    if docstring_only(v["diff"]): return "equivalent: changes a docstring only"
+    return None
+
+
+def summarise(res: dict) -> dict:
+    per = {}
+    for name, st in res["status"].items():
+        m = per.setdefault(module_of(name), dict(total=0, killed=0, survived=0, no_tests=0, timeout=0, other=0, equivalent=0))
+        m["total"] += 1
+        key = {"killed": "killed", "survived": "survived", "no tests": "no_tests", "timeout": "timeout"}.get(st, "other")
+        m[key] += 1
+        if st == "survived" and reason(name, res["survivors"][name]): m["equivalent"] += 1
+    for m in per.values():
+        real = m["total"] - m["equivalent"] - m["other"]
+        m["score"] = round((m["killed"] + m["timeout"]) / real, 4) if real else None
+    return per
+
+
+def write_report(res: dict, modules: list[str], seconds: float | None):
+    per = summarise(res)
+    out = dict(modules=modules, tests=list(TESTS), seconds=seconds, per_module=per,
+               survivors={k: {**v, "explained": reason(k, v)} for k, v in res["survivors"].items()})
+    (ROOT / "bench" / "results").mkdir(exist_ok=True)
+    (ROOT / "bench" / "results" / "mutation.json").write_text(json.dumps(out, indent=1) + "\n")
+    lines = ["# Mutation testing", "",
+             "Generated by `python bench/mutation.py --report` from bench/results/mutation.json. Do not edit by hand;",
+             "the text of the contributors' section lives in `bench/mutation.py` (its docstring and `CONTRIBUTING`).", "",
+             "| module | mutants | killed | timeout | survived | no tests | equivalent | score (killed / non-equivalent) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for mod, m in sorted(per.items()):
+        score = "n/a" if m["score"] is None else f"{100 * m['score']:.1f} %"
+        lines.append(f"| {mod} | {m['total']} | {m['killed']} | {m['timeout']} | {m['survived']} | {m['no_tests']} | {m['equivalent']} | {score} |")
+    tot = {k: sum(m[k] for m in per.values()) for k in ("total", "killed", "timeout", "survived", "no_tests", "equivalent", "other")}
+    real = tot["total"] - tot["equivalent"] - tot["other"]
+    if real: lines.append(f"| **all** | {tot['total']} | {tot['killed']} | {tot['timeout']} | {tot['survived']} | {tot['no_tests']} | {tot['equivalent']} | {100 * (tot['killed'] + tot['timeout']) / real:.1f} % |")
+    lines += ["", f"Test subset: {', '.join(TESTS)}." + (f" Run time {seconds / 60:.0f} min on one thread." if seconds else ""), "",
+              "## Survivors", ""]
+    for name, v in sorted(res["survivors"].items()):
+        why = reason(name, v) or "**not yet explained: needs a test or a reason**"
+        lines += [f"- `{name}` ({v['status']}): {why}", "", "  ```diff", *("  " + l for l in v["diff"].splitlines()), "  ```", ""]
+    lines += ["## For contributors", "", CONTRIBUTING]
+    (ROOT / "bench" / "MUTATION.md").write_text("\n".join(lines) + "\n")
+
+
+CONTRIBUTING = """- Run `pip install mutmut` (3.x), then `nice -n 15 python bench/mutation.py MODULE ...` (names from `CORE`); the
+  full set takes hours on one thread, one module minutes to an hour. `--work DIR` picks the scratch folder.
+- The subset it runs per mutant is `TESTS` in bench/mutation.py: exact engine checks of seconds (closed forms,
+  hand-computed recursions, replayed random numbers). A slow test there multiplies the run time by the number of
+  mutants: keep new checks in it fast, and put training runs in tests/test_accuracy.py instead.
+- After changing a core module, rerun its mutants. A new survivor either needs a check (add it to
+  tests/test_planted.py or tests/test_core_exact.py) or is equivalent: then add its name and the reason to `EXPLAINED`
+  and regenerate the report with `python bench/mutation.py --report`.
+- Target: at least 85 % of the non-equivalent mutants of each module killed."""
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("modules", nargs="*", default=list(CORE), help=f"core modules to mutate (default all: {' '.join(CORE)})")
+    ap.add_argument("--work", action="append", help="scratch folder for the copy and mutmut's mutants/ (default /tmp/dsb_mutation); "
+                    "with --report, several folders (runs of different modules) are merged")
+    ap.add_argument("--plant", choices=sorted(PLANTED), help="replay one planted bug of issue 20 and run the tests that catch it")
+    ap.add_argument("--report", action="store_true", help="only collect the last run's results in --work and write the report")
+    a = ap.parse_args()
+    bad = [m for m in a.modules if m not in CORE]
+    if bad: ap.error(f"unknown modules {bad}; choose from {CORE}")
+    works = [Path(w) for w in (a.work or ["/tmp/dsb_mutation"])]
+    if a.plant:
+        code = plant(a.plant, works[0])
+        print(f"{a.plant}: {'caught (the tests fail)' if code == 1 else 'NOT caught' if code == 0 else f'pytest exit code {code}'}")
+        sys.exit(0 if code == 1 else 1)
+    seconds = None
+    if not a.report:
+        copy_tree(works[0])
+        seconds = run_mutmut(works[0], a.modules)
+    res = dict(status={}, survivors={})
+    for w in works:
+        r = collect(w, a.modules)
+        res["status"].update(r["status"]); res["survivors"].update(r["survivors"])
+    res["survivors"] = {k: v for k, v in res["survivors"].items() if res["status"][k] == "survived"}   # a later folder wins
+    write_report(res, a.modules, seconds)
+    print((ROOT / "bench" / "MUTATION.md").read_text().split("## Survivors")[0])
+
+
+if __name__ == "__main__":
+    main()
