@@ -41,6 +41,7 @@ def _short(e: Exception) -> str:
 def load_checkpoint(run_dir, # the run's folder
                     map_location="cpu",
                     say=print, # where the one-line notice of a fallback goes
+                    set_aside: bool = True, # move an unreadable newest checkpoint aside (a resume); False: change no file (a read)
                    ) -> dict | None: # the newest readable checkpoint, or None if the run has none yet
     "Load the newest readable checkpoint of `run_dir` (weights only); fall back to the backup with a notice; raise if none loads."
     run_dir, errors = Path(run_dir), []
@@ -51,9 +52,11 @@ def load_checkpoint(run_dir, # the run's folder
         except Exception as e: errors.append((p, _short(e))); continue
         if errors:
             bad, why = errors[0]
-            bad.replace(run_dir / UNREADABLE)
-            say(f"note: {bad.name} is unreadable ({why}); resuming from {name} (position {state.get('position')}); "
-                f"the unreadable file was kept as {UNREADABLE}")
+            if set_aside:
+                bad.replace(run_dir / UNREADABLE)
+                say(f"note: {bad.name} is unreadable ({why}); resuming from {name} (position {state.get('position')}); "
+                    f"the unreadable file was kept as {UNREADABLE}")
+            else: say(f"note: {bad.name} is unreadable ({why}); loaded {name} (position {state.get('position')}) instead; no file was changed")
         return state
     if errors:
         raise RuntimeError(f"no readable checkpoint in {run_dir} (corrupt or truncated):\n  "
@@ -74,10 +77,12 @@ def set_aside_stage(run_dir) -> str:
 class Checkpointer(Callback):
     "Save the trainer's state (and `extra`) atomically every `every` steps at block boundaries and after every stage."
     order = 100
-    def __init__(self, run_dir, every: int = 1000, extra: dict = None):
-        self.run_dir, self.every, self.extra, self.last = Path(run_dir), every, extra or {}, None
+    def __init__(self, run_dir, every: int = 1000, extra: dict = None,
+                 guard=None): # called before each save: raises to stop the run (e.g. `RunLock.check`, the folder's lock)
+        self.run_dir, self.every, self.extra, self.last, self.guard = Path(run_dir), every, extra or {}, None, guard
     def save(self, tr, stage_start: bool = False):
         if self.last == tr.position: return
+        if self.guard is not None: self.guard()
         try: save_checkpoint(self.run_dir, {**tr.state_dict(), **self.extra}, stage_start)
         except NoSpaceError as e:
             good = (f"the last good checkpoint is {self.run_dir / CHECKPOINT} at position {self.last}"

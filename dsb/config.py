@@ -9,6 +9,7 @@ import ast
 import importlib
 import math
 from dataclasses import dataclass, asdict, fields, field, make_dataclass
+import os
 from pathlib import Path
 
 from fastcore.docments import docments
@@ -22,9 +23,9 @@ from .core import PRESETS, preset_for
 import dsb.unet, dsb.images, dsb.ipf, dsb.dsbm, dsb.lightsb, dsb.eot  # noqa: F401 (imported for their registrations: 'unet', the image sets, 'dsb', 'dsbm', 'lightsb', 'eot_mixture')
 
 # %% auto #0
-__all__ = ['SELECTORS', 'Config', 'RESUMABLE', 'RunOptions', 'owners', 'config_class', 'parameter_docs', 'check_names',
-           'import_plugins', 'preset_params', 'presets_of', 'make_config', 'parameters_cell', 'injected_names',
-           'notebook_params', 'resume_config']
+__all__ = ['SELECTORS', 'Config', 'RESUMABLE', 'NOT_COMPARED', 'RunOptions', 'owners', 'config_class', 'parameter_docs',
+           'check_names', 'import_plugins', 'preset_params', 'presets_of', 'check_run_name', 'make_config',
+           'parameters_cell', 'injected_names', 'notebook_params', 'resume_config']
 
 # %% ../nbs/17_config.ipynb #17f50785
 @dataclass
@@ -54,11 +55,13 @@ class RunOptions(Options):
     warm_start: bool = True        # start each stage from the previous network of its direction
     seed: int = 0                  # seeds initialisation, data, caches and batches
     device: str = "auto"           # 'auto', 'cpu', 'cuda', 'cuda:N'
-    precision: str = "fp32"        # 'fp32', or 'bf16' (DSB only): networks under bf16 autocast (fp32 weights; drift added and targets formed in fp32)
+    threads: int = 0               # CPU threads of PyTorch (0: automatic, from the CPUs free of other work and the model's size)
+    timeout_s: float = 600.0       # several processes: seconds one waits for the others before every process stops with a message
+    precision: str = "fp32"        # 'fp32', or 'bf16' (solver 'dsb' only): networks under bf16 autocast (fp32 weights; drift added and targets formed in fp32)
     compile: bool = False          # torch.compile the training step's network and the cache simulation (compile time counted in the run)
     channels_last: bool = False    # images: networks in channels_last memory format (faster convolutions on GPUs)
     out_dir: str = "runs"          # runs are written to out_dir/run_name
-    run_name: str = ""             # '' -> '<data>-<date>-<time>'; an existing name gets a suffix, never overwritten
+    run_name: str = ""             # a folder name in out_dir ('' -> '<data>-<date>-<time>'); an existing name gets a suffix, never overwritten
     resume: str = ""               # path of a run directory to continue from its last checkpoint
     checkpoint_every: int = 1000   # optimiser steps between checkpoints (plus one after every stage)
     eval_npar: int = 4000          # samples for the metrics after every IPF iteration (SW2, coupling, image scores)
@@ -170,6 +173,15 @@ def presets_of(cfg) -> list:
     return [PRESETS[cfg.solver, key] for key in (family, cfg.dataset) if (cfg.solver, key) in PRESETS]
 
 # %% ../nbs/17_config.ipynb #ff3b577f
+def check_run_name(name: str) -> None:
+    "Raise `ValueError` unless `name` is '' or one plain folder name: no separator, not '.' or '..', no control character, at most 200 characters."
+    if name == "": return
+    bad = ("/" in name or "\\" in name or name.strip() in (".", "..") or name != name.strip() or len(name) > 200
+           or any(ord(c) < 32 or ord(c) == 127 for c in name) or os.path.isabs(name))
+    if bad:
+        raise ValueError(f"parameter run_name={name!r} must be one folder name inside out_dir (no '/', '\\', '..', leading or "
+                         f"trailing spaces or control characters, at most 200 characters); to write elsewhere, set out_dir")
+
 def _check_run(cfg) -> None:
     "The checks of `RunOptions`' fields."
     check_one_of("parameter model", cfg.model, MODELS)
@@ -194,6 +206,11 @@ def _check_run(cfg) -> None:
     if not 0 < cfg.lr_decay <= 1: raise ValueError(f"parameter lr_decay={cfg.lr_decay} must be in (0, 1] (1 keeps lr constant)")
     try: get_device(cfg.device)
     except ValueError as e: raise ValueError(f"parameter {e}") from None
+    check_int("parameter threads", cfg.threads, 0)
+    if cfg.threads > 1024: raise ValueError(f"parameter threads={cfg.threads} must be at most 1024 (0: automatic)")
+    if not (math.isfinite(cfg.timeout_s) and 1 <= cfg.timeout_s <= 7 * 86400):
+        raise ValueError(f"parameter timeout_s={cfg.timeout_s} must be between 1 and 604800 seconds (a week)")
+    check_run_name(cfg.run_name)
     if cfg.resume and not Path(cfg.resume).is_dir():
         raise ValueError(f"parameter resume={cfg.resume!r}: no such run directory. Give the folder of an earlier run (it holds config.json and checkpoint.pt), or '' for a new run.")
 
@@ -251,7 +268,8 @@ def notebook_params(namespace: dict, # the notebook's globals() after the parame
 
 # %% ../nbs/17_config.ipynb #286b5cf2
 RESUMABLE = ("n_ipf", "lr", "lr_decay", "grad_clip", "ema_rate", "checkpoint_every", "eval_npar", "score_npar", "score_draws",
-             "device", "plots", "progress", "data_dir", "sampler", "ode_steps")
+             "device", "threads", "timeout_s", "plots", "progress", "data_dir", "sampler", "ode_steps")
+NOT_COMPARED = ("resume", "plugins", "out_dir", "run_name")   # where a resume runs is its folder: these are not used by it
 
 def resume_config(saved: dict, # the resumed run's config.json
                   given: dict, # parameters passed with `resume` (validated values)
@@ -261,7 +279,7 @@ def resume_config(saved: dict, # the resumed run's config.json
     check_names(saved)
     changes, defaults = {}, config_class()()
     for k, new in given.items():
-        if k in ("resume", "plugins", "out_dir"): continue
+        if k in NOT_COMPARED: continue
         old = saved.get(k, getattr(defaults, k))
         if new == old and type(new) is type(old): continue
         if k not in RESUMABLE:

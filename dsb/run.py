@@ -7,25 +7,40 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib
+import io
 import json
+import math
+import os
+import re
+import shlex
 import time
-from dataclasses import asdict
+import warnings
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 
-from .core import derive_seed, device_policy, init_distributed, atomic_write, relative_error
-from .data import DataSpec, make_data
-from .trainer import SOLVERS, Trainer, Callback, Progress, LossLogger, NonFiniteLossError, sample, samplers_of, check_sampler
-from .checkpoint import Checkpointer, load_checkpoint, set_aside_stage
-from .config import Config, RESUMABLE, config_class, make_config, resume_config, import_plugins, check_names
+from .core import (derive_seed, device_policy, get_device, init_distributed, atomic_write, relative_error, RunLock,
+                      choose_threads, CollectiveTimeout, is_timeout)
+from .data import DATASETS, DataSpec, make_data
+from .models import MODELS
+from .trainer import (SOLVERS, SAMPLERS, Trainer, Callback, Progress, LossLogger, NonFiniteLossError, sample, samplers_of,
+                         check_sampler)
+from .checkpoint import Checkpointer, load_checkpoint, set_aside_stage, CHECKPOINT, BACKUP, STAGE
+from .config import Config, RESUMABLE, NOT_COMPARED, config_class, make_config, resume_config, import_plugins, check_run_name
+from .ipf import available_memory
+from .dsbm import COUPLINGS
 from .metrics import sliced_wasserstein, coupling_moments, PointScore
 from .image_metrics import SCORERS
 from .plots import plot_samples, save_gif, image_grid, make_image_grid
 
 # %% auto #0
-__all__ = ['PLOTS', 'build_trainer', 'Evaluate', 'plot_points', 'gif_points', 'plot_images', 'gif_images', 'SavePlots',
-           'new_run_dir', 'write_config', 'train', 'run', 'Bridge', 'load']
+__all__ = ['PLOTS', 'PROBE_ROWS', 'GIF_FRAMES', 'FRAME_BYTES', 'CONFIG', 'REGISTERED', 'REGISTRIES', 'build_trainer', 'Evaluate',
+           'save_figure', 'plot_points', 'gif_points', 'plot_images', 'gif_images', 'SavePlots', 'probe_data',
+           'check_fits', 'check_image_size', 'check_steps', 'leaf_outputs', 'check_memory', 'new_run_dir',
+           'registered_by', 'config_json', 'write_config', 'import_registered', 'check_saved', 'read_config',
+           'check_n_ipf', 'train', 'run', 'Bridge', 'load']
 
 # %% ../nbs/18_run.ipynb #5564b2ba
 def build_trainer(cfg, # a validated config (`make_config`)
@@ -34,6 +49,10 @@ def build_trainer(cfg, # a validated config (`make_config`)
                  ) -> Trainer:
     "The `Trainer` of a config: the solver it names, built on `data`, with the loss log and progress callbacks."
     policy = device_policy(cfg.device)
+    if cfg.cache_shards % policy.world:
+        raise ValueError(f"parameter cache_shards={cfg.cache_shards} must be a multiple of the number of processes ({policy.world}): "
+                         f"each process simulates whole shards. Give cache_shards=0 (one per process) or a multiple of {policy.world}")
+    policy.rows(cfg.batch_size)                   # the batch must split evenly among the processes
     solver = SOLVERS[cfg.solver](cfg, data, policy.device)
     check_sampler(solver, cfg.sampler)
     progress = [Progress()] if cfg.progress and policy.is_main else []
@@ -87,18 +106,29 @@ class Evaluate(Callback):
         self.last = rec
         tr.log(eval=tr.iteration + 1, **{k: float(v) for k, v in rec.items()})
     @torch.no_grad()
-    def point_scores(self, tr, name: str) -> dict:
-        "The exact-W2 and kNN score of sampler `name`'s points (keys suffixed by its name unless it is the run's sampler)."
-        g = torch.Generator(tr.device).manual_seed(derive_seed(self.cfg.seed, 96, tr.iteration))
+    def point_scores(self, tr, name: str, iteration: int = None) -> dict:
+        "The exact-W2 and kNN score of sampler `name`'s points after `iteration` (default: the current one); keys suffixed by its name unless it is the run's sampler."
+        g = torch.Generator(tr.device).manual_seed(derive_seed(self.cfg.seed, 96, tr.iteration if iteration is None else iteration))
         scores = self.points([sample(tr.solver, x, True, name, generator=g) for x in self.points_prior])
         if name == self.cfg.sampler: return scores
         return {f"{k}_{name}": v for k, v in scores.items() if not k.endswith(("_floor", "_floor_se"))}
     def final_scores(self, tr) -> dict:
         "After a complete run: the point scores of the solver's other samplers (for `metrics.json`; the history stays per iteration)."
         if self.points is None or tr.position[0] < tr.iterations: return {}
-        return {k: float(v) for name in self.samplers(tr)[1:] for k, v in self.point_scores(tr, name).items()}
+        last = tr.position[0] - 1     # the last iteration (also when a resume found nothing left to train)
+        return {k: float(v) for name in self.samplers(tr)[1:] for k, v in self.point_scores(tr, name, last).items()}
 
 # %% ../nbs/18_run.ipynb #982c1088
+def save_figure(fig, path: Path) -> Path:
+    "Write a matplotlib figure as a PNG, atomically, and close it."
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO(); fig.savefig(buf, format="png"); plt.close(fig)
+    return atomic_write(path, buf.getbuffer())
+
+def _every(path) -> int:
+    "The stride that keeps at most `GIF_FRAMES` steps of a chain's `path` (N+1, ...) in its GIF."
+    return max(1, math.ceil((path.shape[0] - 1) / GIF_FRAMES))
+
 def plot_points(run_dir: Path, ev: Evaluate, iteration: int):
     "Scatter plots of generated vs held-out data and of the forward end vs the prior (first two coordinates)."
     import matplotlib.pyplot as plt
@@ -110,11 +140,11 @@ def plot_points(run_dir: Path, ev: Evaluate, iteration: int):
                  title=f"IPF {iteration}: generated vs data\n{score}")
     plot_samples(ev.pushed[:, :2].cpu(), ref=ev.prior_heldout[:, :2].cpu(), ax=axs[1],
                  title=f"forward end vs prior (SW2 {ev.last['sw2_prior']:.3f})")
-    fig.tight_layout(); fig.savefig(run_dir / f"samples_ipf{iteration:02d}.png"); plt.close(fig)
+    fig.tight_layout(); save_figure(fig, run_dir / f"samples_ipf{iteration:02d}.png")
 
 def gif_points(path: torch.Tensor, run_dir: Path, ev: Evaluate):
     "A GIF of chain states `path` (N+1, B, d) against held-out data (first two coordinates)."
-    save_gif(path[..., :2].cpu(), run_dir / "bridge.gif", ref=ev.data_heldout[:path.shape[1], :2].cpu())
+    save_gif(path[..., :2].cpu(), run_dir / "bridge.gif", ref=ev.data_heldout[:path.shape[1], :2].cpu(), every=_every(path))
 
 def plot_images(run_dir: Path, ev: Evaluate, iteration: int):
     "Grids of 64 generated and 64 held-out images."
@@ -123,16 +153,19 @@ def plot_images(run_dir: Path, ev: Evaluate, iteration: int):
     score = f"digit FD {ev.last['digit_fd']:.2f}, floor {ev.last['digit_fd_floor']:.2f}" if "digit_fd" in ev.last else f"SW2 {ev.last['sw2_data']:.3f}"
     image_grid(ev.generated[:64].cpu(), ax=axs[0], title=f"IPF {iteration}: generated ({score})")
     image_grid(ev.data_heldout[:64].cpu(), ax=axs[1], title="data")
-    fig.tight_layout(); fig.savefig(run_dir / f"samples_ipf{iteration:02d}.png"); plt.close(fig)
+    fig.tight_layout(); save_figure(fig, run_dir / f"samples_ipf{iteration:02d}.png")
 
 def gif_images(path: torch.Tensor, run_dir: Path, ev: Evaluate):
     "A GIF of the denoising chain: one grid of images per chain step `path` (N+1, B, C, H, W)."
     from PIL import Image
-    frames = [Image.fromarray((255 * make_image_grid(x.cpu(), nrow=8)).round().astype("uint8").squeeze()) for x in path]
+    keep = sorted(set(range(0, path.shape[0], _every(path))) | {path.shape[0] - 1})
+    frames = [Image.fromarray((255 * make_image_grid(path[k].cpu(), nrow=8)).round().astype("uint8").squeeze()) for k in keep]
     scale = max(1, 256 // frames[0].width)
     frames = [f.resize((f.width * scale, f.height * scale), Image.NEAREST) for f in frames]
     frames += [frames[-1]] * 10                       # hold the last frame
-    frames[0].save(run_dir / "bridge.gif", save_all=True, append_images=frames[1:], duration=120, loop=0)
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=120, loop=0)
+    atomic_write(run_dir / "bridge.gif", buf.getbuffer())
 
 PLOTS = {"points": (plot_points, gif_points, 600), "images": (plot_images, gif_images, 64)}   # kind -> (figure, animation, samples in it)
 
@@ -152,21 +185,266 @@ class SavePlots(Callback):
         self.animation(path, self.run_dir, self.evaluate)
 
 # %% ../nbs/18_run.ipynb #f21bc95d
+PROBE_ROWS = 7   # odd, so that a sampler returning n // 2 (or n + 1) rows is caught
+
+def _origin(registry, name) -> str:
+    "' (registered by module M)' for an entry that is not dsb's own, else ''."
+    module = registry.info(name).get("module") or ""
+    return "" if module == "dsb" or module.startswith("dsb.") else f" (registered by module {module})"
+
+def _sample_problem(x, rows: int, shape: tuple) -> str | None:
+    "What is wrong with `x` as `rows` samples of shape `shape`, or None."
+    if not torch.is_tensor(x): return f"a {type(x).__name__}, not a torch.Tensor"
+    if x.dtype != torch.float32: return f"a tensor of dtype {x.dtype} (samples must be float32: convert with .float())"
+    if x.ndim == 0 or x.shape[0] != rows: return f"{x.shape[0] if x.ndim else 'no'} rows (a tensor of shape {tuple(x.shape)})"
+    if tuple(x.shape[1:]) != shape: return f"rows of shape {tuple(x.shape[1:])}, but its DataSpec.shape is {shape}"
+    bad = int((~torch.isfinite(x)).sum())
+    if bad: return f"{bad} non-finite value(s) (NaN or inf) among {x.numel()}"
+    return None
+
+def probe_data(data: DataSpec, # `make_data(cfg)`
+               cfg, # the run's config (its seed and data set name)
+               rows: int = PROBE_ROWS,
+              ) -> None:
+    "Draw `rows` samples from each end of `data` (with generators of its own) and refuse anything but finite float32 rows of `data.shape`."
+    where = f"data set {cfg.dataset!r}{_origin(DATASETS, cfg.dataset)}"
+    try:
+        shape = tuple(int(s) for s in data.shape)
+        if not shape or min(shape) < 1 or any(s != t for s, t in zip(shape, data.shape)): raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: DataSpec.shape={data.shape!r} must be a tuple of positive ints, e.g. (2,) for points or "
+                         f"(1, 28, 28) for images") from None
+    with torch.random.fork_rng(devices=[]):                  # a sampler that uses torch's global generator changes nothing
+        for k, (end, sampler) in enumerate((("data", data.data), ("prior", data.prior))):
+            draw = lambda: sampler(rows, torch.Generator().manual_seed(derive_seed(cfg.seed, 98, k)))
+            try: x = draw()
+            except Exception as e:
+                raise ValueError(f"{where}: its {end} sampler failed when asked for {rows} rows ({type(e).__name__}: {e}). "
+                                 f"A sampler is called as sampler(n, generator) and returns n samples") from e
+            problem = _sample_problem(x, rows, shape)
+            if problem:
+                raise ValueError(f"{where}: its {end} sampler, asked for {rows} rows, returned {problem}. Fix that sampler: it must "
+                                 f"return a float32 tensor of shape (n, {', '.join(map(str, shape))}) (n the rows asked for, then "
+                                 f"DataSpec.shape) with finite values")
+            again = draw()
+            if not (torch.is_tensor(again) and again.shape == x.shape and torch.equal(again.cpu(), x.cpu())):
+                warnings.warn(f"{where}: its {end} sampler gave other rows for the same seeded generator: it draws from another "
+                              f"source of randomness, so a resumed run cannot repeat the interrupted one exactly. Draw from the "
+                              f"generator it is given.")
+
+# %% ../nbs/18_run.ipynb #8cfe66b4
+GIF_FRAMES = 300              # at most this many steps are drawn in the GIF of a longer chain (every k-th)
+FRAME_BYTES = 4 * 256 * 256   # one GIF frame as it is drawn (RGBA)
+
+def _size(b: float) -> str:
+    "Bytes in words."
+    for unit, k in (("TiB", 40), ("GiB", 30), ("MiB", 20)):
+        if b >= 2**k: return f"{b / 2**k:,.1f} {unit}"
+    return f"{b / 2**10:.1f} KiB"
+
+def check_fits(name: str, # the parameter
+               value: int, # its value
+               need, # value -> estimated bytes (non-decreasing)
+               budget: float, # bytes allowed
+               what: str, # what the estimate counts, for the message
+               device, # for the message
+               minimum: int = 1, # the parameter's smallest allowed value
+              ) -> None:
+    "Raise `ValueError` naming `name` if `need(value)` passes `budget`, with the estimate and the largest value that fits."
+    if need(value) <= budget: return
+    lo, hi = minimum - 1, value
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if need(mid) <= budget else (lo, mid)
+    fits = f"{name}={lo} or less fits" if lo >= minimum else f"no value of {name} fits next to the rest of this config"
+    raise ValueError(f"parameter {name}={value}: {what} needs about {_size(need(value))}, more than 3/4 of the {_size(budget / 0.75)} "
+                     f"free on {device}; {fits}. Lower it (or what else shares the memory), or train on a device with more memory")
+
+def _gif_steps(cfg) -> str:
+    "The parameter that sets the steps of the chain the GIF animates."
+    if cfg.sampler == "ode" and getattr(cfg, "ode_steps", 0): return "ode_steps"
+    if getattr(cfg, "grid_steps", 0): return "grid_steps"
+    return "num_steps"
+
+def check_image_size(cfg, available: int = None) -> None:
+    "Refuse an `image_size` whose training batch of pictures cannot fit, before any picture is loaded."
+    side = getattr(cfg, "image_size", 0)
+    if not side: return
+    dev = get_device(cfg.device)
+    budget = 0.75 * (available_memory(dev) if available is None else available)
+    need = lambda s: 4 * cfg.batch_size * 3 * s * s * 4 + getattr(cfg, "max_images", 0) * 3 * s * s
+    check_fits("image_size", side, need, budget, f"a training batch of {cfg.batch_size} pictures of that side (RGB, float32)", dev)
+
+def check_steps(cfg, # the run's config
+                shape: tuple, # one sample's shape
+                kind: str, # 'points' or 'images' (the GIF's sample count)
+                available: int = None, # bytes free (default: `available_memory` of the config's device)
+               ) -> None:
+    "Refuse step counts whose time grids (and, with plots, the GIF's chain of every state) cannot fit in memory."
+    dev = get_device(cfg.device)
+    budget = 0.75 * (available_memory(dev) if available is None else available)
+    row, n_gif = 4 * math.prod(shape), (PLOTS[kind][2] if cfg.plots and kind in PLOTS else 0)
+    for name in ("num_steps", "grid_steps", "ode_steps"):
+        value = getattr(cfg, name, 0)
+        if not value: continue
+        gif = n_gif if name == _gif_steps(cfg) else 0
+        need = lambda v: 6 * 8 * (v + 1) + gif * (v + 1) * row + (min(v + 1, GIF_FRAMES + 1) * FRAME_BYTES if gif else 0)
+        what = f"a chain of {value} steps (its time grids" + (f", and every state of the GIF's {gif} samples)" if gif else ")")
+        check_fits(name, value, need, budget, what, dev)
+
+def leaf_outputs(net: torch.nn.Module, shape: tuple, device) -> tuple[int, int]:
+    "(sum, largest) of the elements per sample of `net`'s leaf-module outputs on a forward pass `net(x, t)` of two samples; (0, 0) if it cannot be called so."
+    sizes, leaves = [], [m for m in net.modules() if next(m.children(), None) is None]
+    def hook(module, inputs, out):
+        sizes.extend(o.numel() for o in (out if isinstance(out, (tuple, list)) else (out,)) if torch.is_tensor(o))
+    handles, training = [m.register_forward_hook(hook) for m in leaves], net.training
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            net.eval(); net(torch.zeros(2, *shape, device=device), torch.full((2,), 0.5, device=device))
+    except Exception: sizes = []
+    finally:
+        net.train(training)
+        for h in handles: h.remove()
+    return (sum(sizes) // 2, max(sizes) // 2) if sizes else (0, 0)
+
+def _networks(solver) -> list:
+    "The distinct trained networks of a solver's stages."
+    nets = []
+    for st in range(solver.n_stages):
+        net = solver.trained(0, st)[0]
+        if all(net is not n for n in nets): nets.append(net)
+    return nets
+
+def check_memory(cfg, # the run's config
+                 data: DataSpec, # its data
+                 trainer: Trainer, # `build_trainer(cfg, data)`
+                 available: int = None, # bytes free (default: `available_memory` of the trainer's device)
+                ) -> dict: # the estimates: networks, bytes per row of training and of sampling, widest layer per row
+    "Refuse a `cache_npar`, `batch_size`, `eval_npar` or `score_npar` that cannot fit in memory with the rest, naming a value that fits."
+    dev, policy = trainer.device, trainer.policy
+    budget = 0.75 * (available_memory(dev) if available is None else available)
+    row = 4 * math.prod(data.shape)
+    nets = _networks(trainer.solver)
+    fixed = 5 * sum(4 * p.numel() for net in nets for p in net.parameters())
+    total, widest = leaf_outputs(nets[0], tuple(data.shape), dev) if nets else (0, 0)
+    train_row, sample_row = 4 * total + 4 * row, 8 * widest + 3 * row
+    chunk = lambda n: n if policy.cache_chunk is None else min(n, policy.cache_chunk)
+    cache = lambda n: 4 * n * row + chunk(n) * sample_row
+    base = fixed + cache(cfg.cache_npar)
+    checks = [("cache_npar", lambda n: fixed + cache(n), "the networks and a cache of that many chains", 2),
+              ("batch_size", lambda n: base + -(-n // policy.world) * train_row, "a training step on that many rows (next to the cache)", 1),
+              ("eval_npar", lambda n: base + 7 * n * row + n * sample_row, "the evaluation's samples, carried across the bridge at once", 2)]
+    if data.kind == "points" and cfg.score_npar:
+        checks.append(("score_npar", lambda n: base + 7 * cfg.eval_npar * row + 24 * n * n, "the exact W2 score's cost matrices (n x n)", 10))
+    for name, need, what, minimum in checks: check_fits(name, getattr(cfg, name), need, budget, what, dev, minimum)
+    return {"networks": fixed, "train_row": train_row, "sample_row": sample_row, "widest": widest}
+
+# %% ../nbs/18_run.ipynb #928ece3d
 def new_run_dir(cfg: Config, name: str) -> Path:
     "Create `out_dir/run_name` (default `<name>-<date>-<time>`), adding `-2`, `-3`, ... rather than reusing a folder."
-    name = cfg.run_name or f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    check_run_name(cfg.run_name)
+    name = cfg.run_name or f"{re.sub(r'[^A-Za-z0-9._-]+', '_', str(name)).strip('._') or 'run'}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     base = Path(cfg.out_dir) / name
     for i in range(1, 10_000):
         path = base if i == 1 else base.with_name(f"{name}-{i}")
         try: path.mkdir(parents=True, exist_ok=False); return path
         except FileExistsError: continue
+        except OSError as e:
+            raise OSError(e.errno, f"cannot create the run directory {path} ({e.strerror}): give an out_dir where this process may "
+                          f"write") from None
     raise RuntimeError(f"could not create a new run directory next to {base}")
+
+CONFIG, REGISTERED = "config.json", "registered_by"
+REGISTRIES = {"dataset": DATASETS, "model": MODELS, "solver": SOLVERS, "sampler": SAMPLERS, "coupling": COUPLINGS}
+
+def registered_by(cfg) -> dict:
+    "field -> the module that registered the run's entry, for each entry (data set, model, solver, sampler, coupling) not dsb's own."
+    out = {}
+    for field, registry in REGISTRIES.items():
+        name = getattr(cfg, field, None)
+        if name in registry and _origin(registry, name): out[field] = registry.info(name)["module"]
+    return out
+
+def config_json(cfg: Config, indent: int | None = 1) -> str:
+    "What `config.json` holds: every parameter (resume cleared) and, if any, the modules that registered the run's entries."
+    reg = registered_by(cfg)
+    return json.dumps({**asdict(cfg), "resume": "", **({REGISTERED: reg} if reg else {})}, indent=indent)
 
 def write_config(run_dir: Path, cfg: Config) -> None:
     "The run's `config.json` (atomically)."
-    atomic_write(run_dir / "config.json", json.dumps({**asdict(cfg), "resume": ""}, indent=1))
+    atomic_write(run_dir / CONFIG, config_json(cfg))
 
-# %% ../nbs/18_run.ipynb #ff551076
+def import_registered(saved: dict, source: str) -> None:
+    "Import the modules a saved config names as the registrants of its entries, unless those entries are registered already."
+    for field, module in saved.get(REGISTERED, {}).items():
+        name, registry = saved.get(field), REGISTRIES.get(field)
+        if registry is not None and name in registry: continue
+        if module == "__main__":
+            raise ValueError(f"{source}: the run's {field} {name!r} was registered by the script or notebook that trained it "
+                             f"(module __main__), which cannot be imported again. Run that registration first, or move it into a "
+                             f"module and pass plugins='that_module'")
+        try: importlib.import_module(module)
+        except Exception as e:
+            raise ValueError(f"{source}: the run's {field} {name!r} was registered by module {module!r}, which cannot be imported "
+                             f"({type(e).__name__}: {e}). Put it on PYTHONPATH (or in the working directory) and try again") from None
+
+def _fix_hint(source: str) -> str:
+    return (f"Restore the run's own config.json from a copy; or delete {source}, and dsb recovers the config from the run's newest "
+            f"checkpoint")
+
+def check_saved(saved, # a run's saved config, as read from JSON
+                source: str, # the file it came from, for messages
+               ) -> dict: # its parameters (the plugins and registering modules it names imported)
+    "Refuse a saved config that is not a dsb config, names unknown parameters or holds values dsb refuses, naming `source`."
+    if not isinstance(saved, dict) or not {"dataset", "solver"} <= set(saved):
+        held = f"a JSON {type(saved).__name__}" if not isinstance(saved, dict) else f"keys {', '.join(map(repr, list(saved)[:6]))}"
+        raise ValueError(f"{source} is not the config of a dsb run: it holds {held}, without 'dataset' and 'solver'. Was it replaced "
+                         f"by another program's file? {_fix_hint(source)}")
+    reg = saved.get(REGISTERED, {})
+    if not (isinstance(reg, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in reg.items())):
+        raise ValueError(f"{source}: {REGISTERED!r} must map fields to module names, got {reg!r}. {_fix_hint(source)}")
+    try: import_plugins(saved.get("plugins", ""))
+    except ValueError as e: raise ValueError(f"{source}: {e}") from None
+    import_registered(saved, source)
+    params = {k: v for k, v in saved.items() if k != REGISTERED}
+    known = [f.name for f in fields(config_class())]
+    unknown = [k for k in params if k not in known]
+    if unknown:
+        raise ValueError(f"{source} has keys that are not parameters of this dsb: {', '.join(map(repr, unknown))}. It was written by "
+                         f"another version of dsb, edited by hand, or names an option of a plugin that is not imported "
+                         f"(plugins={saved.get('plugins', '')!r}). Remove those keys, or restore the run's own config.json")
+    try: check_run_name(params.get("run_name", ""))
+    except ValueError: params["run_name"] = ""          # a name older versions allowed: a resume does not use it
+    try: make_config(**{**params, "device": "cpu", "resume": "", "plugins": ""})
+    except ValueError as e: raise ValueError(f"{source} holds a value dsb refuses: {e}. {_fix_hint(source)}") from None
+    return params
+
+def read_config(run_dir, # a run directory
+                say=print, # where the note of a recovered config goes
+               ) -> tuple[dict, bool]: # the saved parameters, and whether they were recovered from a checkpoint
+    "A run directory's saved config, checked (`check_saved`); a missing `config.json` is recovered from the newest readable checkpoint. Reads only."
+    run_dir = Path(run_dir); path = run_dir / CONFIG
+    if not run_dir.is_dir(): raise ValueError(f"{run_dir} is not a directory: give the folder of a dsb run")
+    if not path.exists():
+        try: state = load_checkpoint(run_dir, say=lambda _: None, set_aside=False)
+        except RuntimeError as e: state, why = None, f"and no checkpoint is readable ({str(e).splitlines()[0]})"
+        else: why = "and it holds no checkpoint to recover the config from"
+        if state is None or "config" not in state:
+            raise ValueError(f"{path} is missing {why}: this is not a dsb run directory (or nothing of one survives). Give the "
+                             f"folder of a dsb run (it holds config.json and checkpoint.pt)")
+        try: saved = json.loads(state["config"])
+        except (TypeError, ValueError): raise ValueError(f"{path} is missing, and the config in the newest checkpoint is damaged") from None
+        params = check_saved(saved, f"the config in {run_dir / CHECKPOINT} (or its backup)")
+        say(f"note: {path} is missing; the run's config was recovered from its newest checkpoint (position {tuple(state['position'])})")
+        return params, True
+    try: text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e: raise ValueError(f"cannot read {path} ({e}). {_fix_hint(path)}") from None
+    try: saved = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is damaged: it is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}). {_fix_hint(path)}") from None
+    return check_saved(saved, str(path)), False
+
+# %% ../nbs/18_run.ipynb #acddc46f
 def _given(config, params) -> dict:
     "The parameters a caller set: keyword arguments, and the fields of a config that differ from the defaults."
     defaults = config_class()()
@@ -177,7 +455,7 @@ def _check_checkpoint(state: dict, cfg, run_dir: Path) -> None:
     "Refuse a checkpoint whose config differs from the run's in a setting that shapes the networks or the run."
     saved = json.loads(state.get("config", "{}"))
     for k, v in saved.items():
-        if k in RESUMABLE or k in ("resume", "out_dir", "run_name", "plugins"): continue
+        if k in RESUMABLE or k in NOT_COMPARED or k == REGISTERED: continue
         if getattr(cfg, k, v) != v:
             raise ValueError(f"the checkpoint in {run_dir} was written by a run with {k}={v!r}, but its config.json says "
                              f"{k}={getattr(cfg, k)!r}: they do not belong together. Restore the run's own config.json.")
@@ -188,15 +466,42 @@ def _load_into(trainer: Trainer, state: dict, run_dir: Path) -> None:
         raise ValueError(f"the checkpoint in {run_dir} does not fit the networks of its config "
                          f"({str(e).strip().splitlines()[0][:200]}). Was config.json edited? Restore it, or start a new run.") from None
 
+def check_n_ipf(cfg, position: tuple, run_dir: Path) -> None:
+    "Refuse an `n_ipf` below the iterations a resumed run has done (or begun)."
+    need = position[0] + (1 if tuple(position[1:]) != (0, 0) else 0)
+    if cfg.n_ipf < need:
+        raise ValueError(f"parameter n_ipf={cfg.n_ipf}: the run in {run_dir} has {'done' if need == position[0] else 'begun'} "
+                         f"{need} IPF iteration(s) (its checkpoint is at position {tuple(position)}); give n_ipf={need} or more")
+
 # %% ../nbs/18_run.ipynb #ea2748c2
 def _nan_advice(e: Exception, run_dir: Path, cfg) -> NonFiniteLossError:
     restart = set_aside_stage(run_dir)
     lr = min(cfg.lr / 10, 1e-3)
     return NonFiniteLossError(
         f"{e}.\nRun directory: {run_dir}. The checkpoints written since this stage began may hold damaged weights: they were "
-        f"kept as checkpoint_nonfinite.pt, and a resume restarts from {restart}. With a smaller learning rate and gradient clipping:\n"
-        f"  papermill nbs/train.ipynb out.ipynb -p resume {run_dir} -p lr {lr:g} -p grad_clip 1.0\n"
-        f"  (or run(resume='{run_dir}', lr={lr:g}, grad_clip=1.0)); smaller gammas need a new run.")
+        f"kept as checkpoint_nonfinite.pt, and a resume restarts from {restart}. With a smaller learning rate and gradient clipping "
+        f"(from dsb's folder):\n"
+        f"  papermill nbs/train.ipynb out.ipynb -r resume {shlex.quote(str(run_dir))} -p lr {lr:g} -p grad_clip 1.0\n"
+        f"  (or dsb.train(resume={str(run_dir)!r}, lr={lr:g}, grad_clip=1.0)); smaller gammas need a new run.")
+
+def _several() -> bool:
+    "Whether this process trains in a group of several."
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+def _timeout_error(e: Exception, cfg, run_dir: Path = None, position=None) -> CollectiveTimeout:
+    "The message of a collective that waited past `timeout_s`: what for, where, and what to do."
+    if isinstance(e, CollectiveTimeout): what = str(e)
+    else:
+        rank, world = ((torch.distributed.get_rank(), torch.distributed.get_world_size())
+                       if torch.distributed.is_available() and torch.distributed.is_initialized() else (0, 1))
+        what = (f"process {rank} of {world} waited longer than the timeout for the other processes: "
+                f"{'the gradients of a training step (all_reduce of DistributedDataParallel)' if position else 'a collective'} "
+                f"({str(e).strip().splitlines()[0][:160]})")
+    where = f", at position {tuple(position)} (iteration, stage, step)" if position else ""
+    again = f" Resume with -p resume {shlex.quote(str(run_dir))} once every process can run." if run_dir else ""
+    return CollectiveTimeout(f"{what}{where}. Each process of a run waits at most timeout_s={cfg.timeout_s:g} s for the others; one "
+                             f"of them has stopped, hung or fallen that far behind, so this process stops too. The checkpoints "
+                             f"written so far are kept.{again} (Raise timeout_s if a process is legitimately that slow.)")
 
 def train(config=None, # a config (`make_config`); its fields that differ from the defaults count as given
           **params, # parameters, as `make_config` takes them (they win over `config`'s)
@@ -204,60 +509,124 @@ def train(config=None, # a config (`make_config`); its fields that differ from t
     "Train a bridge as configured (or resume one) in its own run directory, and return it. Under `torchrun`, one process of many."
     given = _given(config, params)
     cfg = make_config(**given)
-    owns_group = init_distributed(cfg.device)
+    owns_group = init_distributed(cfg.device, cfg.timeout_s)
+    threads = torch.get_num_threads()
     try: return _train(cfg, given)
+    except RuntimeError as e:
+        if not (_several() and is_timeout(e)) or "timeout_s=" in str(e): raise
+        raise _timeout_error(e, cfg) from None
     finally:
+        torch.set_num_threads(threads)
         if owns_group: torch.distributed.destroy_process_group()
 
 def run(config=None, **params) -> dict:
     "`train`, returning the run's final metrics (what `metrics.json` holds)."
     return train(config, **params).metrics
 
+def _on_main(policy, fn, what: str):
+    "`fn()` on rank 0 only; its result, or its error, on every process (so that none waits for a collective that never comes)."
+    result, error = None, None
+    if policy.is_main:
+        try: result = fn()
+        except Exception as e: error = e
+    if policy.world > 1:
+        result, message = policy.broadcast((result, None if error is None else f"{type(error).__name__}: {error}"), what)
+        if message is not None and error is None: error = RuntimeError(f"rank 0 stopped: {message}")
+    if error is not None: raise error
+    return result
+
+def _threads(cfg, trainer: Trainer, widest: int) -> tuple[int, str]:
+    "The thread count of this run (`choose_threads` on the CPU) and why."
+    policy = trainer.policy
+    if trainer.device.type != "cpu" and not cfg.threads: return torch.get_num_threads(), f"device {trainer.device}: PyTorch's default"
+    rows = max(cfg.batch_size // policy.world, cfg.cache_npar if policy.cache_chunk is None else min(cfg.cache_npar, policy.cache_chunk))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", policy.world))
+    return choose_threads(cfg.threads, work=widest * rows, processes=local)
+
+def _previous_timing(run_dir: Path) -> dict:
+    "`wall_s` and `iterations_per_s` of the run's `metrics.json`, if it has a readable one."
+    try: old = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError): return {"wall_s": None, "iterations_per_s": None}
+    return {k: old.get(k) for k in ("wall_s", "iterations_per_s")} if isinstance(old, dict) else {"wall_s": None, "iterations_per_s": None}
+
 def _train(cfg, given: dict) -> Bridge:
-    changes, state = {}, None
-    if cfg.resume:
-        run_dir = Path(cfg.resume)
-        path = run_dir / "config.json"
-        if not path.exists(): raise ValueError(f"parameter resume={cfg.resume!r}: {path} is missing, so this is not a dsb run directory")
-        saved = json.loads(path.read_text())
-        import_plugins(saved.get("plugins", ""))
-        cfg, changes = resume_config(saved, {k: getattr(cfg, k) for k in given}, str(path))
-    data = make_data(cfg)
-    trainer = build_trainer(cfg, data)            # validates the solver, its networks and its sampler before anything is written
-    main = trainer.policy.is_main                 # only rank 0 of several processes writes files
-    if cfg.resume:
-        state = load_checkpoint(run_dir)
-        if state is not None: _check_checkpoint(state, cfg, run_dir); _load_into(trainer, state, run_dir)
-        trainer.policy.broadcast(None)            # every process has read the checkpoint before rank 0 cleans up
-        if main:
-            for tmp in run_dir.glob("*.tmp"): tmp.unlink()          # a write cut short by a kill
-        if changes:
-            if main: write_config(run_dir, cfg)
-            trainer.log(event="resume", changes={k: list(v) for k, v in changes.items()})
-    else:
-        run_dir = trainer.policy.broadcast(new_run_dir(cfg, data.name) if main else None)
-        if main: write_config(run_dir, cfg)
-    trainer.policy.setup()
-    evaluate = Evaluate(cfg, data)
-    extra = {"config": json.dumps({**asdict(cfg), "resume": ""})}
-    trainer.callbacks += [evaluate]
-    if main: trainer.callbacks += [Checkpointer(run_dir, cfg.checkpoint_every, extra)] + ([SavePlots(run_dir, evaluate)] if cfg.plots else [])
-    if main: atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in trainer.history))
-    start, t0 = trainer.position, time.perf_counter()
-    with open(run_dir / "metrics.jsonl", "a") if main else contextlib.nullcontext() as log_file:
-        trainer.log_file = log_file
-        try: trainer.fit()
-        except NonFiniteLossError as e: raise (_nan_advice(e, run_dir, cfg) if main else e) from None
-    wall = time.perf_counter() - t0
-    done = lambda p: (p[0] * trainer.solver.n_stages + p[1]) * cfg.num_iter + p[2]
-    evals = [r for r in trainer.history if "eval" in r]
-    summary = {**(evals[-1] if evals else {}), "run_dir": str(run_dir), "n_ipf": cfg.n_ipf, "solver": cfg.solver,
-               "device": str(trainer.device), "wall_s": wall, "steps": done(trainer.position),
-               "iterations_per_s": (done(trainer.position) - done(start)) / wall, "processes": trainer.policy.world,
-               "T": round(trainer.solver.T, 12), **evaluate.final_scores(trainer)}
-    if main: atomic_write(run_dir / "metrics.json", json.dumps(summary, indent=1))
-    trainer.policy.broadcast(None)                # no process goes on before rank 0's files are written
-    return Bridge(trainer, cfg, data, run_dir, summary)
+    policy = device_policy(cfg.device)
+    main, quiet = policy.is_main, (lambda _: None)
+    changes, state, recovered, lock = {}, None, False, None
+    try:
+        if cfg.resume:
+            run_dir = Path(cfg.resume)
+            if not any((run_dir / n).exists() for n in (CONFIG, CHECKPOINT, BACKUP, STAGE)):
+                raise ValueError(f"parameter resume={cfg.resume!r}: {run_dir / CONFIG} is missing, and so is any checkpoint: this is "
+                                 f"not a dsb run directory. Give the folder of an earlier run")
+            held = {}
+            _on_main(policy, lambda: held.update(lock=RunLock(run_dir).acquire()), "rank 0 to lock the run directory")
+            lock = held.get("lock")                     # rank 0's; the other processes hold none
+            if lock is not None and lock.took_over:
+                print(f"note: took over the lock of {run_dir}, left by process {lock.took_over.get('pid')} on "
+                      f"{lock.took_over.get('host')}, which has ended")
+            saved, recovered = read_config(run_dir, say=print if main else quiet)
+            cfg, changes = resume_config(saved, {k: getattr(cfg, k) for k in given}, str(run_dir / CONFIG))
+        check_image_size(cfg)
+        data = make_data(cfg)
+        probe_data(data, cfg)
+        check_steps(cfg, tuple(data.shape), data.kind)
+        trainer = build_trainer(cfg, data)        # validates the solver, its networks and its sampler before anything is written
+        estimates = check_memory(cfg, data, trainer)
+        threads, why = _threads(cfg, trainer, estimates["widest"])
+        torch.set_num_threads(threads)
+        if cfg.resume:
+            if main: state = load_checkpoint(run_dir)                      # rank 0 first: it may move an unreadable file aside
+            policy.broadcast(None, "rank 0 to read the checkpoint")
+            if not main: state = load_checkpoint(run_dir, say=quiet, set_aside=False)
+            if state is not None: _check_checkpoint(state, cfg, run_dir); _load_into(trainer, state, run_dir)
+            check_n_ipf(cfg, trainer.position, run_dir)
+            policy.broadcast(None, "every process to read the checkpoint")  # before rank 0 cleans up
+            if main:
+                for tmp in run_dir.glob("*.tmp"): tmp.unlink()          # a write cut short by a kill (no one else writes here)
+            if (changes or recovered) and main: write_config(run_dir, cfg)
+            if recovered and main: print(f"note: {run_dir / CONFIG} was written back from the recovered config")
+            if changes: trainer.log(event="resume", changes={k: list(v) for k, v in changes.items()})
+        else:
+            held = {}
+            def create():
+                d = new_run_dir(cfg, data.name)
+                held["lock"] = RunLock(d).acquire()
+                write_config(d, cfg)
+                return d
+            run_dir = _on_main(policy, create, "rank 0 to create the run directory")
+            lock = held.get("lock")
+        last = next((r.get("threads") for r in reversed(trainer.history) if r.get("event") == "threads"), None)
+        if last != threads: trainer.log(event="threads", threads=threads, why=why)
+        if cfg.progress and main: print(f"{threads} CPU thread(s): {why}")
+        policy.setup()
+        evaluate = Evaluate(cfg, data)
+        extra = {"config": config_json(cfg, indent=None)}
+        trainer.callbacks += [evaluate]
+        if main: trainer.callbacks += [Checkpointer(run_dir, cfg.checkpoint_every, extra, guard=lock.check)] + ([SavePlots(run_dir, evaluate)] if cfg.plots else [])
+        if main: atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in trainer.history))
+        start, t0 = trainer.position, time.perf_counter()
+        with open(run_dir / "metrics.jsonl", "a") if main else contextlib.nullcontext() as log_file:
+            trainer.log_file = log_file
+            try: trainer.fit()
+            except NonFiniteLossError as e: raise (_nan_advice(e, run_dir, cfg) if main else e) from None
+            except RuntimeError as e:
+                if not (_several() and is_timeout(e)): raise
+                raise _timeout_error(e, cfg, run_dir, trainer.position) from None
+        wall = time.perf_counter() - t0
+        done = lambda p: (p[0] * trainer.solver.n_stages + p[1]) * cfg.num_iter + p[2]
+        trained = done(trainer.position) - done(start)
+        timing = ({"wall_s": wall, "iterations_per_s": trained / wall} if trained or not cfg.resume
+                  else _previous_timing(run_dir))                        # nothing trained here: the timing of the run that did
+        evals = [r for r in trainer.history if "eval" in r]
+        summary = {**(evals[-1] if evals else {}), "run_dir": str(run_dir), "n_ipf": cfg.n_ipf, "solver": cfg.solver,
+                   "device": str(trainer.device), **timing, "steps": done(trainer.position), "processes": policy.world,
+                   "threads": threads, "T": round(trainer.solver.T, 12), **evaluate.final_scores(trainer)}
+        if main: lock.check(); atomic_write(run_dir / "metrics.json", json.dumps(summary, indent=1))
+        policy.broadcast(None, "rank 0 to write metrics.json")   # no process goes on before rank 0's files are written
+        return Bridge(trainer, cfg, data, run_dir, summary)
+    finally:
+        if lock is not None: lock.release()
 
 # %% ../nbs/18_run.ipynb #03a8fabf
 class Bridge:
@@ -303,16 +672,18 @@ class Bridge:
 def load(run_dir, # a run directory (it holds config.json and a checkpoint)
          device: str = "cpu", # where to put the networks
         ) -> Bridge:
-    "The `Bridge` of a finished or interrupted run, its newest checkpoint loaded (weights only)."
+    "The `Bridge` of a finished or interrupted run, its newest checkpoint loaded (weights only). Reads only: no lock, no file changed."
     run_dir = Path(run_dir)
-    saved = json.loads((run_dir / "config.json").read_text())
-    import_plugins(saved.get("plugins", ""))
-    check_names(saved)
+    saved, _ = read_config(run_dir)
     cfg = make_config(**{**saved, "device": device, "progress": False, "resume": ""})
     data = make_data(cfg)
     trainer = build_trainer(cfg, data)
-    state = load_checkpoint(run_dir)
+    state = load_checkpoint(run_dir, set_aside=False)
     if state is None: raise FileNotFoundError(f"no checkpoint in {run_dir} yet: nothing trained to load")
     _check_checkpoint(state, cfg, run_dir); _load_into(trainer, state, run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else None
-    return Bridge(trainer, cfg, data, run_dir, metrics)
+    try: metrics = json.loads((run_dir / "metrics.json").read_text())
+    except FileNotFoundError: metrics = None
+    except (OSError, ValueError) as e:
+        print(f"note: {run_dir / 'metrics.json'} is unreadable ({type(e).__name__}); the bridge's metrics are its last evaluation")
+        metrics = None
+    return Bridge(trainer, cfg, data, run_dir, metrics if isinstance(metrics, dict) else None)

@@ -59,3 +59,53 @@ def test_dsbm_on_two_processes_matches_one(tmp_path):
     assert two[0]["processes"] == 2 and two[0]["steps"] == one["steps"] == 2 * 40
     for k in ("sw2_data", "sw2_prior", "sw2_data_ode"):
         assert two[0][k] == two[1][k] and abs(two[0][k] - one[k]) <= 1e-4 * one[k], (k, two[0][k], one[k])
+
+
+def _torchrun(tmp_path, body: str, env_extra=None):
+    "Start `torchrun --nproc_per_node 2` on a script whose ranks write their pid to pid<rank> and then run `body`."
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(f"""
+        import os
+        open(os.path.join({str(tmp_path)!r}, "pid" + os.environ["RANK"]), "w").write(str(os.getpid()))
+        from dsb.run import run
+    """) + textwrap.dedent(body))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(script)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+
+
+def test_cache_shards_that_do_not_divide_stop_before_anything_is_written(tmp_path):
+    p = _torchrun(tmp_path, f"run(**{dict(TINY, cache_shards=3, n_ipf=1)!r}, out_dir={str(tmp_path / 'runs')!r}, run_name='bad')")
+    out, _ = p.communicate(timeout=240)
+    assert p.returncode != 0 and "parameter cache_shards=3 must be a multiple of the number of processes (2)" in out, out[-3000:]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_frozen_process_stops_every_process_after_timeout_s(tmp_path):
+    "Rank 1 is SIGSTOPped mid-training: rank 0 waits timeout_s=5 in a collective, then stops saying what it waited for; torchrun ends the run."
+    import signal, time
+    run_dir = tmp_path / "t"
+    p = _torchrun(tmp_path, f"run(**{dict(TINY, n_ipf=2, num_iter=400)!r}, timeout_s=5, out_dir={str(tmp_path)!r}, run_name='t')")
+    pids = []
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and p.poll() is None:
+            if (run_dir / "metrics.jsonl").exists() and '"loss"' in (run_dir / "metrics.jsonl").read_text(): break
+            time.sleep(0.05)
+        assert p.poll() is None, "the run ended before a process could be frozen"
+        pids = [int((tmp_path / f"pid{r}").read_text()) for r in (0, 1)]
+        assert json.loads((run_dir / "run.lock").read_text())["pid"] == pids[0]      # rank 0 alone holds the run's lock
+        os.kill(pids[1], signal.SIGSTOP)
+        t0 = time.time()
+        out, _ = p.communicate(timeout=180)
+        took = time.time() - t0
+    finally:
+        for pid in pids:
+            try: os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError: pass
+        if p.poll() is None: p.kill(); p.wait()
+    assert p.returncode != 0
+    assert "process 0 of 2 waited longer than the timeout for the other processes" in out, out[-4000:]
+    assert "timeout_s=5 s" in out and "at position (0, " in out and f"-p resume {run_dir}" in out
+    assert took < 120, took                         # 5 s, then torchrun's grace period for the frozen process
+    assert not (run_dir / "run.lock").exists() and (run_dir / "checkpoint.pt").exists()
