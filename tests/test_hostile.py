@@ -181,7 +181,7 @@ def test_ctrl_c_during_an_image_gif_leaves_no_file(tmp_path, monkeypatch):
     (dict(batch_size=2**40), "parameter batch_size=1099511627776: a training step"),
     (dict(eval_npar=10**12), "parameter eval_npar=1000000000000"),
     (dict(score_npar=10**8), "parameter score_npar=100000000: the exact W2 score's cost matrices"),
-    (dict(dataset="folder", data_dir="nowhere", image_size=10**6), "parameter image_size=1000000: a training batch"),
+    (dict(dataset="folder", data_dir="nowhere", image_size=2**20, unet_mult="1,2,2,2"), "parameter image_size=1048576: a training batch"),
 ])
 def test_sizes_beyond_memory_stop_before_anything_is_written(tmp_path, params, shown):
     from dsb.run import run
