@@ -2,7 +2,7 @@
 """Every number in a tutorial notebook's prose is printed or asserted by that notebook.
 
     python .ci/check_numbers.py                        # every nbs/NN_*.ipynb (not train.ipynb); exit 1 on a finding
-    python .ci/check_numbers.py nbs/04_gaussian.ipynb  # just these
+    python .ci/check_numbers.py nbs/03_gaussian.ipynb  # just these
     python .ci/check_numbers.py --report               # print every finding, exit 0
 
 What is a number in prose. In every markdown cell: integers from 10 up (`1,500`, `20\\,000` and

@@ -3,7 +3,7 @@
 that their outputs are not stale.
 
     python .ci/execute_notebooks.py                        # every nbs/NN_*.ipynb (not train.ipynb)
-    python .ci/execute_notebooks.py nbs/04_gaussian.ipynb  # just these
+    python .ci/execute_notebooks.py nbs/03_gaussian.ipynb  # just these
     python .ci/execute_notebooks.py --check                # no execution: outputs current? (CI)
 
 Executing runs every code cell with nbclient on the `python3` kernel, with cwd `nbs/`, PNG figures

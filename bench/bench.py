@@ -4,7 +4,7 @@ Prints figures; asserts nothing about time. Usage:
 
     python bench/bench.py speed                 # iterations/s and cache build time (paper 2d config)
     python bench/bench.py quality               # SW2 vs noise floor on scurve, checker, 8gaussians
-    python bench/bench.py gaussian              # d=5 coupling vs closed form and DSB's exact iterate (04's GAUSSIAN_BENCHMARK)
+    python bench/bench.py gaussian              # d=5 coupling vs closed form and DSB's exact iterate (03's GAUSSIAN_BENCHMARK)
     python bench/bench.py solvers               # DSB, DSBM, LightSB: Gaussian d=5, 20, 50 at T=0.5, 1, 2; the EOT mixture benchmark
                                                 # at d=2, 16, 64 (cBW2-UVP); 2d and transfer exact W2 / kNN precision and SW2, SDE and ODE
     python bench/bench.py solvers --only 2d     # one part of the solver table: gaussian, eot, 2d or transfer
@@ -16,7 +16,7 @@ Prints figures; asserts nothing about time. Usage:
     python bench/bench.py all --device cuda     # everything, on a GPU
     python bench/bench.py speed --quick         # tiny sizes (what the tests run)
 
-Every run uses the solvers' presets (dsb.trainer.PRESETS, registered in nbs/10_ipf, nbs/16_dsbm and nbs/20_lightsb): the settings a user
+Every run uses the solvers' presets (dsb.trainer.PRESETS, registered in nbs/09_ipf, nbs/11_dsbm and nbs/12_lightsb): the settings a user
 gets with `-p solver NAME`; no setting is tuned here. Results are also written as JSON to bench/out/<name>.json; the solver
 table's to bench/results/solvers-<parts>-<device>.json with the date, commit, machine and command (bench/RESULTS.md is made
 from those). Every time is the CPU seconds of this process (`time.process_time`, one thread unless OMP_NUM_THREADS says more).
@@ -134,8 +134,8 @@ def quality(device, quick=False, datasets=("scurve", "checker", "8gaussians"), *
     return {"device": str(device), "rows": rows}
 
 
-# The engine's Gaussian problem is defined once, in 04_gaussian (GAUSSIAN_BENCHMARK: d = 5, N = 20,
-# constant gamma = 0.025, T = 0.5, 6 IPF iterations), its training budget in 10_ipf (GAUSSIAN_BENCHMARK_BUDGET).
+# The engine's Gaussian problem is defined once, in 03_gaussian (GAUSSIAN_BENCHMARK: d = 5, N = 20,
+# constant gamma = 0.025, T = 0.5, 6 IPF iterations), its training budget in 09_ipf (GAUSSIAN_BENCHMARK_BUDGET).
 def gaussian(device, quick=False, **overrides):
     "DSB with networks on GAUSSIAN_BENCHMARK: learned cross-covariance vs the closed form and vs DSB's exact iterate after as many iterations."
     from dsb.gaussian import dsb_ipf_gaussian
@@ -232,7 +232,7 @@ class _ExactIteration0:
     of SW2 / floor, with no network in the way."""
     def __init__(self, name, ref):
         self.name, self.ref = name, ref
-        comp = components_2d(name)                # the mixture's parts, in sample_2d's coordinates (07_data)
+        comp = components_2d(name)                # the mixture's parts, in sample_2d's coordinates (05_data)
         if name == "8gaussians": self.s, self.centres = comp["std"], comp["centres"]
         else: self.boxes = comp["boxes"]
 
@@ -337,7 +337,7 @@ def _plan_floor(d, var_final, exact, m, draws=5):
 
 
 def _eot_row(solver, d, device, quick):
-    "The mixture benchmark (`21_eot`) in d dimensions with the solver's preset: cBW2-UVP of its SDE plan, the floor of as many exact draws, the closed form if any."
+    "The mixture benchmark (`13_eot`) in d dimensions with the solver's preset: cBW2-UVP of its SDE plan, the floor of as many exact draws, the closed form if any."
     p = dict(dataset="eot_mixture", data_dim=d, solver=solver)
     if quick: p.update(n_ipf=1, num_iter=50, cache_npar=300, cache_refresh=25, **({"grid_steps": 10, "ode_steps": 10} if solver == "dsbm" else {}))
     tr, cfg, data, times = _train(p, device)
@@ -363,7 +363,7 @@ def _cross_cov_floor(d, var_final, exact, m, draws=5):
 
 
 def _cross_cov_cv(tr, data, var_final, exact, m, draws=5):
-    """DSBM's cross-covariance error measured with a control variate: the exact SB's own forward drift (`11_imf`), run on the
+    """DSBM's cross-covariance error measured with a control variate: the exact SB's own forward drift (`10_imf`), run on the
     solver's Euler grid with the *same* noise as the network, has a cross-covariance C_grid known in closed form
     (cov(x0, x_{i+1}) = cov(x0, x_i)(I + gamma_i K_i)^T); C_net is estimated as C_grid + mean[x0 xT_net - x0 xT_exact], whose
     Monte-Carlo noise is that of the *difference* of the two chains, small when the network is close to the bridge. Unbiased

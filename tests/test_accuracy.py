@@ -1,9 +1,9 @@
-"""Accuracy in CI: reduced versions of the slow accuracy checks of 10_ipf and 16_dsbm (about a minute and a half in all).
+"""Accuracy in CI: reduced versions of the slow accuracy checks of 09_ipf and 11_dsbm (about a minute and a half in all).
 
 DSB and DSBM are trained on a d = 2 Gaussian with networks that can represent the exact answer (an affine map per grid
 time for DSB, affine maps polynomial in t for DSBM), so the engine's error is not hidden behind a network's, and compared
-with an exact answer: DSB's exact iterate of `04_gaussian` (`dsb_ipf_gaussian`, perfect regression) and the exact IMF
-iterate of `11_imf` (`imf_gaussian`). Each bound is derived in its test: from the Monte-Carlo standard error of the
+with an exact answer: DSB's exact iterate of `03_gaussian` (`dsb_ipf_gaussian`, perfect regression) and the exact IMF
+iterate of `10_imf` (`imf_gaussian`). Each bound is derived in its test: from the Monte-Carlo standard error of the
 estimate, from the gap the check must resolve, and against the untrained model's score measured in the same test.
 The probability-flow samplers' exactness (Euler on `probability_flow_gaussian` with the exact drifts, and DSB's time
 indices) and the EMA formula are checked exactly in tests/test_planted.py, in seconds."""

@@ -30,7 +30,7 @@ def test_bf16_targets_are_fp32_and_the_gaussian_check_passes(tmp_path):
     tr = build_trainer(cfg, make_data(cfg)); tr.position = (0, 1, 0); tr.iteration, tr.stage, tr.step = 0, 1, 0
     tr.generator = tr.policy.generator(0); tr.solver.refresh(tr)
     assert tr.solver.cache.x.dtype == tr.solver.cache.target.dtype == torch.float32
-    # the same short Gaussian run (d = 5, 04's GAUSSIAN_BENCHMARK schedule) in fp32 and bf16: the learned coupling's error
+    # the same short Gaussian run (d = 5, 03's GAUSSIAN_BENCHMARK schedule) in fp32 and bf16: the learned coupling's error
     # agrees within 3 points (measured at 2 IPF iterations x 400 steps: fp32 12.9 %, bf16 12.6 %, exact DSB iterate 4.7 %)
     from bench import gaussian
     err = {p: gaussian(torch.device("cpu"), quick=True, precision=p, batch_size=128)["network_error"] for p in ("fp32", "bf16")}

@@ -439,7 +439,7 @@ def test_threads_are_in_the_log_and_the_parameter_overrides_them(tmp_path):
     s = run(**{**TINY, "n_ipf": 1, "num_iter": 20, "threads": 2}, out_dir=str(tmp_path), run_name="t")
     assert s["threads"] == 2 and torch.get_num_threads() == before           # the run's own count, given back after it
     log = [json.loads(line) for line in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
-    assert [r for r in log if r.get("event") == "threads"] == [{"iteration": 0, "stage": 0, "event": "threads", "threads": 2,
+    assert [r for r in log if r.get("event") == "threads"] == [{"iteration": 1, "stage": 1, "event": "threads", "threads": 2,
                                                                "why": "threads=2 as given"}]
     auto = run(**{**TINY, "n_ipf": 1, "num_iter": 20}, out_dir=str(tmp_path), run_name="a")
     assert auto["threads"] == 1                          # TINY's model is too small to split (and OMP_NUM_THREADS=1 here)

@@ -61,9 +61,9 @@ def _executor():
 def test_check_flags_code_changes_not_prose(tmp_path):
     "`--check` fails on a notebook whose code changed after its outputs were made; a markdown edit is no change."
     ex = _executor()
-    nb = json.loads((ROOT / "nbs" / "00_core.ipynb").read_text())
+    nb = json.loads((ROOT / "nbs" / "18_core.ipynb").read_text())
     nb["metadata"].pop("dsb", None)
-    path = tmp_path / "00_core.ipynb"
+    path = tmp_path / "18_core.ipynb"
     def problems():
         path.write_text(json.dumps(nb))
         return ex.check([path])
@@ -78,15 +78,15 @@ def test_check_flags_code_changes_not_prose(tmp_path):
     assert problems() == [], "trailing whitespace is not a code change"
     code["source"] += "x = 1\n"
     (msg,) = problems()
-    assert "stale" in msg and "python .ci/execute_notebooks.py nbs/00_core.ipynb" in msg
+    assert "stale" in msg and "python .ci/execute_notebooks.py nbs/18_core.ipynb" in msg
     assert ex.main(["--check", str(path)]) == 1
 
 def test_check_flags_widget_state(tmp_path):
     ex = _executor()
-    nb = json.loads((ROOT / "nbs" / "00_core.ipynb").read_text())
+    nb = json.loads((ROOT / "nbs" / "18_core.ipynb").read_text())
     ex.stamp(nb)
     nb["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
-    (path := tmp_path / "00_core.ipynb").write_text(json.dumps(nb))
+    (path := tmp_path / "18_core.ipynb").write_text(json.dumps(nb))
     (msg,) = ex.check([path])
     assert "widget state" in msg
 
@@ -96,7 +96,7 @@ def test_nbdev_clean_keeps_outputs_and_stamp():
     from nbdev.clean import clean_nb
     cfg = configparser.ConfigParser(); cfg.read(ROOT / "settings.ini"); cfg = cfg["DEFAULT"]
     ex = _executor()
-    nb = json.loads((ROOT / "nbs" / "00_core.ipynb").read_text())
+    nb = json.loads((ROOT / "nbs" / "18_core.ipynb").read_text())
     ex.stamp(nb)
     code = next(c for c in nb["cells"] if c["cell_type"] == "code")
     code["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["hi\n"]}]

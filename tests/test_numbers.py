@@ -64,7 +64,7 @@ def test_what_counts_as_a_number(cn):
     assert keys("5 steps, 3 seeds and 9 layers") == []                       # integers below 10 are not checked
     assert keys("20 iterations, 0.5, 9.8k weights, 86-94% and 2026-11-29") == ["20", "0.5", "9.8", "86", "94", "2026-11-29"]
     assert keys("$10^{-12}$, $6\\cdot 10^{-7}$, 1e-10 and 10⁻⁹") == ["10^-12", "6\\cdot10^-7", "1e-10", "10^-9"]
-    assert keys("see [13_metrics](13_metrics.ipynb) and https://example.invalid/2023") == []
+    assert keys("see [06_metrics](06_metrics.ipynb) and https://example.invalid/2023") == []
     assert keys("it converges to 1e-10. Then `runs/moon-20261206-101500`") == ["1e-10"]
 
 

@@ -296,7 +296,7 @@ def _affine_map(chain_sample, d):
 
 
 def test_dsbm_ode_sampler_is_euler_on_probability_flow_gaussian():
-    """Planted bug `dsbm_ode_swap` (forward and backward nets swapped). With the exact drifts of 11_imf as networks,
+    """Planted bug `dsbm_ode_swap` (forward and backward nets swapped). With the exact drifts of 10_imf as networks,
     DSBM's ODE sampler must be Euler's method on `probability_flow_gaussian`'s velocity (f - b)/2 on the same grid:
     equal to float64 rounding. The reference Euler map is built here from U(t), u(t) directly."""
     m0, S0 = _gauss(2, 0)

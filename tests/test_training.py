@@ -102,7 +102,7 @@ def test_nan_loss_stops_with_position_and_restarts_its_stage(tmp_path, monkeypat
         if len(calls) == 9: cache.target.fill_(float("nan"))   # ninth cache: IPF 0, the forward network (stage 1), step 100
         return cache
     monkeypatch.setattr(dsb.ipf, "build_cache", poisoned)
-    with pytest.raises(FloatingPointError, match="at iteration 0, training the forward network, step 100") as e:
+    with pytest.raises(FloatingPointError, match="at iteration 1, training the forward network, step 101") as e:
         run(**TINY, out_dir=str(tmp_path), run_name="nan")
     assert "a resume restarts from the start of the stage at position (0, 1, 0)" in str(e.value)
     assert "-p lr 0.0001 -p grad_clip 1.0" in str(e.value)
@@ -163,7 +163,7 @@ def test_gaussian_run_reports_the_coupling_error(tmp_path):
 
 
 def test_options_change_what_is_trained(tmp_path):
-    "time_sampling='inverse_gamma' and mean_match=True each change the run (warm_start=False is checked in 10_ipf)."
+    "time_sampling='inverse_gamma' and mean_match=True each change the run (warm_start=False is checked in 09_ipf)."
     from dsb.run import run
     kw = dict(n_ipf=1, num_iter=100, cache_refresh=50, cache_npar=300, batch_size=64, eval_npar=300, progress=False, plots=False,
               gamma_min=0.005, gamma_max=0.05, out_dir=str(tmp_path))
