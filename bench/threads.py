@@ -58,18 +58,39 @@ def main(argv=None):
                 rows.append(m)
                 print(f"  repeat {r + 1}: {'busy' if busy else 'idle'} {mode:8s} {m['threads']} thread(s) {m['wall_s']:6.1f} s "
                       f"(load {m['load1']:.2f}, {m['busy_before']:.2f} CPUs busy before)", flush=True)
+    summary = summarize(rows)
     print(f"\nCPUs: {os.cpu_count()}; the default run's first IPF iteration (wall_s), {args.repeats} repeat(s) each\n")
-    print(f"{'behaviour':28s}{'threads':>9s}{'idle (s)':>14s}{'busy (s)':>14s}{'busy / idle':>13s}")
+    print(f"{'behaviour':28s}{'threads':>9s}{'idle (s)':>20s}{'busy (s)':>20s}{'busy / idle':>13s}")
+    for r in summary:
+        print(f"{r['behaviour']:28s}{r['threads']:>9s}{r['idle_s']:>20s}{r['busy_s']:>20s}{r['busy_over_idle']:>12.2f}x")
+    print("\n(threads idle/busy where they differ; times as mean (min-max))")
+    if args.json: Path(args.json).write_text(json.dumps(stamped(summary, rows, args.repeats), indent=1))
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    "One row per behaviour: thread counts, idle and busy times as mean (min-max), and busy / idle."
+    out = []
     for mode, label in (("default", "PyTorch's default (before)"), ("auto", "dsb automatic (threads=0)")):
         t = {b: [m["wall_s"] for m in rows if m["mode"] == mode and m["busy"] == b] for b in (False, True)}
-        th = sorted({(m["busy"], m["threads"]) for m in rows if m["mode"] == mode})
-        threads = "/".join(str(n) for _, n in th) if len({n for _, n in th}) > 1 else str(th[0][1])
+        th = [sorted({m["threads"] for m in rows if m["mode"] == mode and m["busy"] == b}) for b in (False, True)]
+        threads = "/".join(",".join(map(str, x)) for x in th) if th[0] != th[1] else ",".join(map(str, th[0]))
         fmt = lambda v: f"{statistics.mean(v):.1f} ({min(v):.1f}-{max(v):.1f})" if len(v) > 1 else f"{v[0]:.1f}"
-        print(f"{label:28s}{threads:>9s}{fmt(t[False]):>14s}{fmt(t[True]):>14s}"
-              f"{statistics.mean(t[True]) / statistics.mean(t[False]):>12.2f}x")
-    print("\n(threads idle/busy where they differ; times as mean (min-max))")
-    if args.json: Path(args.json).write_text(json.dumps(rows, indent=1))
+        out.append({"behaviour": label, "threads": threads, "idle_s": fmt(t[False]), "busy_s": fmt(t[True]),
+                    "busy_over_idle": round(statistics.mean(t[True]) / statistics.mean(t[False]), 3)})
+    return out
 
+
+def stamped(summary: list[dict], rows: list[dict], repeats: int) -> dict:
+    "The measurement as a results file of bench/results (read by bench/results_md.py)."
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {"title": "Thread count next to a busy process: the default run's first IPF iteration",
+            "date": time.strftime("%Y-%m-%d"), "commit": commit or "unknown",
+            "machine": f"{os.cpu_count()} logical cores, no GPU; 'busy' = one Python busy loop beside the run",
+            "command": f"python bench/threads.py --repeats {repeats} --json <file>",
+            "note": "Targets of issue 19: automatic busy / idle at most 1.3x, and idle no slower than PyTorch's default. "
+                    "Each measurement: " + "; ".join(f"{'busy' if m['busy'] else 'idle'} {m['mode']} {m['threads']} thread(s) "
+                                                    f"{m['wall_s']:.1f} s (load {m['load1']:.2f})" for m in rows) + ".",
+            "rows": summary}
 
 if __name__ == "__main__":
     main()

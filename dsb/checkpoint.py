@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .core import atomic_write, NoSpaceError
-from .trainer import Callback
+from .trainer import Callback, describe_position
 
 # %% auto #0
 __all__ = ['CHECKPOINT', 'BACKUP', 'STAGE', 'UNREADABLE', 'NONFINITE', 'save_checkpoint', 'load_checkpoint', 'set_aside_stage',
@@ -54,9 +54,9 @@ def load_checkpoint(run_dir, # the run's folder
             bad, why = errors[0]
             if set_aside:
                 bad.replace(run_dir / UNREADABLE)
-                say(f"note: {bad.name} is unreadable ({why}); resuming from {name} (position {state.get('position')}); "
+                say(f"note: {bad.name} is unreadable ({why}); resuming from {name} ({describe_position(state['position']) if 'position' in state else 'no position'}); "
                     f"the unreadable file was kept as {UNREADABLE}")
-            else: say(f"note: {bad.name} is unreadable ({why}); loaded {name} (position {state.get('position')}) instead; no file was changed")
+            else: say(f"note: {bad.name} is unreadable ({why}); loaded {name} ({describe_position(state['position']) if 'position' in state else 'no position'}) instead; no file was changed")
         return state
     if errors:
         raise RuntimeError(f"no readable checkpoint in {run_dir} (corrupt or truncated):\n  "
@@ -71,7 +71,7 @@ def set_aside_stage(run_dir) -> str:
     stage = torch.load(run_dir / STAGE, weights_only=True)["position"] if (run_dir / STAGE).exists() else None
     for name, aside in ((CHECKPOINT, NONFINITE), (BACKUP, "checkpoint_prev_nonfinite.pt")):
         if (run_dir / name).exists(): (run_dir / name).replace(run_dir / aside)
-    return f"the start of the stage at position {tuple(stage)}" if stage else "the beginning of the run"
+    return f"the start of {describe_position(stage)}" if stage else "the beginning of the run"
 
 # %% ../nbs/19_checkpoint.ipynb #933017a8
 class Checkpointer(Callback):
@@ -85,7 +85,7 @@ class Checkpointer(Callback):
         if self.guard is not None: self.guard()
         try: save_checkpoint(self.run_dir, {**tr.state_dict(), **self.extra}, stage_start)
         except NoSpaceError as e:
-            good = (f"the last good checkpoint is {self.run_dir / CHECKPOINT} at position {self.last}"
+            good = (f"the last good checkpoint is {self.run_dir / CHECKPOINT} at {describe_position(self.last)}"
                     if self.last is not None else "no checkpoint was written yet")
             raise NoSpaceError(e.errno, f"{e.strerror}; {good}") from None
         self.last = tr.position

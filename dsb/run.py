@@ -25,7 +25,7 @@ from .core import (derive_seed, device_policy, get_device, init_distributed, ato
                       choose_threads, CollectiveTimeout, is_timeout)
 from .data import DATASETS, DataSpec, make_data
 from .models import MODELS
-from .trainer import (SOLVERS, SAMPLERS, Trainer, Callback, Progress, LossLogger, NonFiniteLossError, sample, samplers_of,
+from .trainer import (SOLVERS, SAMPLERS, Trainer, Callback, Progress, LossLogger, NonFiniteLossError, describe_position, sample, samplers_of,
                          check_sampler)
 from .checkpoint import Checkpointer, load_checkpoint, set_aside_stage, CHECKPOINT, BACKUP, STAGE
 from .config import Config, RESUMABLE, NOT_COMPARED, config_class, make_config, resume_config, import_plugins, check_run_name
@@ -435,7 +435,7 @@ def read_config(run_dir, # a run directory
         try: saved = json.loads(state["config"])
         except (TypeError, ValueError): raise ValueError(f"{path} is missing, and the config in the newest checkpoint is damaged") from None
         params = check_saved(saved, f"the config in {run_dir / CHECKPOINT} (or its backup)")
-        say(f"note: {path} is missing; the run's config was recovered from its newest checkpoint (position {tuple(state['position'])})")
+        say(f"note: {path} is missing; the run's config was recovered from its newest checkpoint ({describe_position(state['position'])})")
         return params, True
     try: text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e: raise ValueError(f"cannot read {path} ({e}). {_fix_hint(path)}") from None
@@ -471,7 +471,7 @@ def check_n_ipf(cfg, position: tuple, run_dir: Path) -> None:
     need = position[0] + (1 if tuple(position[1:]) != (0, 0) else 0)
     if cfg.n_ipf < need:
         raise ValueError(f"parameter n_ipf={cfg.n_ipf}: the run in {run_dir} has {'done' if need == position[0] else 'begun'} "
-                         f"{need} IPF iteration(s) (its checkpoint is at position {tuple(position)}); give n_ipf={need} or more")
+                         f"{need} IPF iteration(s) (its checkpoint is at {describe_position(position)}); give n_ipf={need} or more")
 
 # %% ../nbs/21_run.ipynb #ea2748c2
 def _nan_advice(e: Exception, run_dir: Path, cfg) -> NonFiniteLossError:
@@ -497,7 +497,7 @@ def _timeout_error(e: Exception, cfg, run_dir: Path = None, position=None) -> Co
         what = (f"process {rank} of {world} waited longer than the timeout for the other processes: "
                 f"{'the gradients of a training step (all_reduce of DistributedDataParallel)' if position else 'a collective'} "
                 f"({str(e).strip().splitlines()[0][:160]})")
-    where = f", at position {tuple(position)} (iteration, stage, step)" if position else ""
+    where = f", at {describe_position(position)}" if position else ""
     again = f" Resume with -p resume {shlex.quote(str(run_dir))} once every process can run." if run_dir else ""
     return CollectiveTimeout(f"{what}{where}. Each process of a run waits at most timeout_s={cfg.timeout_s:g} s for the others; one "
                              f"of them has stopped, hung or fallen that far behind, so this process stops too. The checkpoints "

@@ -21,7 +21,8 @@ from .reference import Chain
 
 # %% auto #0
 __all__ = ['SOLVERS', 'SAMPLERS', 'EVENTS', 'Solver', 'sde', 'ode', 'samplers_of', 'check_sampler', 'sample', 'Callback',
-           'CancelFit', 'NonFiniteLossError', 'adam', 'Trainer', 'EMA', 'duration', 'Progress', 'LossLogger']
+           'CancelFit', 'NonFiniteLossError', 'describe_position', 'adam', 'Trainer', 'EMA', 'duration', 'Progress',
+           'LossLogger']
 
 # %% ../nbs/08_trainer.ipynb #2419c1ca
 class Solver:
@@ -124,6 +125,11 @@ class CancelFit(Exception):
 
 class NonFiniteLossError(FloatingPointError):
     "The training loss became NaN or infinite; the optimiser step of that loss was not taken."
+
+def describe_position(position) -> str:
+    "A trainer position `(iteration, stage, steps done)`, held counted from 0, in the words a user reads: counted from 1."
+    it, st, k = (int(v) for v in position)
+    return f"iteration {it + 1}, stage {st + 1}" + (f", after {k:,} steps" if k else "")
 
 # %% ../nbs/08_trainer.ipynb #95c1a792
 def adam(params, lr: float) -> torch.optim.Optimizer:

@@ -106,6 +106,6 @@ def test_a_frozen_process_stops_every_process_after_timeout_s(tmp_path):
         if p.poll() is None: p.kill(); p.wait()
     assert p.returncode != 0
     assert "process 0 of 2 waited longer than the timeout for the other processes" in out, out[-4000:]
-    assert "timeout_s=5 s" in out and "at position (0, " in out and f"-p resume {run_dir}" in out
+    assert "timeout_s=5 s" in out and "at iteration 1, stage " in out and f"-p resume {run_dir}" in out
     assert took < 120, took                         # 5 s, then torchrun's grace period for the frozen process
     assert not (run_dir / "run.lock").exists() and (run_dir / "checkpoint.pt").exists()

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from dsb.trainer import describe_position
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(n_ipf=2, num_iter=200, cache_refresh=50, checkpoint_every=50, cache_npar=300, batch_size=64,
@@ -125,10 +126,10 @@ def test_full_disk_on_a_real_small_filesystem(tmp_path, full):
     try:
         with pytest.raises(OSError, match="no space left to write .*checkpoint.pt") as e:
             run(**TINY, out_dir=str(disk), run_name="small")
-        last_good = re.search(r"the last good checkpoint is \S+checkpoint.pt at position \((\d+), (\d+), (\d+)\)", str(e.value))
+        last_good = re.search(r"the last good checkpoint is \S+checkpoint.pt at (iteration \d+, stage \d+(?:, after [\d,]+ steps)?)", str(e.value))
         run_dir = disk / "small"
         assert last_good and not list(run_dir.glob("*.tmp"))
-        assert load_checkpoint(run_dir)["position"] == [int(g) for g in last_good.groups()]
+        assert describe_position(load_checkpoint(run_dir)["position"]) == last_good.group(1)
         subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)       # the user frees space
         _same_result(run(resume=str(run_dir)), full)
     finally: subprocess.run(["umount", str(disk)])
@@ -142,7 +143,7 @@ def test_corrupt_checkpoint_never_replaces_the_good_backup(tmp_path, capsys):
     (run_dir / "checkpoint.pt").write_bytes((run_dir / "checkpoint.pt").read_bytes()[:200])
     run(resume=str(run_dir), n_ipf=2)
     out = capsys.readouterr().out
-    assert "checkpoint.pt is unreadable" in out and f"resuming from checkpoint_prev.pt (position {good_prev})" in out
+    assert "checkpoint.pt is unreadable" in out and f"resuming from checkpoint_prev.pt ({describe_position(good_prev)})" in out
     assert (run_dir / "checkpoint_unreadable.pt").exists()
     for name in ("checkpoint.pt", "checkpoint_prev.pt"): torch.load(run_dir / name, weights_only=True)   # both loadable
 

@@ -104,7 +104,7 @@ def test_nan_loss_stops_with_position_and_restarts_its_stage(tmp_path, monkeypat
     monkeypatch.setattr(dsb.ipf, "build_cache", poisoned)
     with pytest.raises(FloatingPointError, match="at iteration 1, training the forward network, step 101") as e:
         run(**TINY, out_dir=str(tmp_path), run_name="nan")
-    assert "a resume restarts from the start of the stage at position (0, 1, 0)" in str(e.value)
+    assert "a resume restarts from the start of iteration 1, stage 2" in str(e.value)
     assert "-p lr 0.0001 -p grad_clip 1.0" in str(e.value)
     assert _position(tmp_path / "nan" / "checkpoint_nonfinite.pt") == (0, 1, 100)     # kept, not deleted
     monkeypatch.setattr(dsb.ipf, "build_cache", real)
