@@ -66,9 +66,8 @@ def spread(xs: list) -> dict:
 
 
 def decoded(bridge, x):
-    "Pictures from samples of the data end: decoded when the data set lives in a latent space (`decode` on its sampler)."
-    dec = getattr(bridge.data.data, "decode", None)
-    return dec(x) if dec is not None else x
+    "Pictures from samples of the data end: decoded when the data set lives in a latent space (`DataSpec.decode`)."
+    return x if bridge.data.decode is None else bridge.data.decode(x)
 
 
 def run_seed(dataset: str, params: dict, seed: int, threads: int) -> tuple:

@@ -198,6 +198,7 @@ class DataSpec:
     exact_cross_cov: Callable = None  # (a, v) -> closed-form SB cross-covariance cov(x_0, x_N), when both ends are Gaussian
     scorer: str = None                # a name in dsb.image_metrics.SCORERS: a sample-quality score made for this data (e.g. 'digits8')
     score_bridge: Callable = None     # (solver, generator) -> {name: float}: a data set that knows its bridge measures the trained one
+    decode: Callable = None           # samples -> pictures in [-1, 1] for grids and scores (a latent data set's decoder); None: samples are pictures
 
     @property
     def kind(self) -> str:

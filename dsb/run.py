@@ -99,12 +99,15 @@ class Evaluate(Callback):
             rec[f"sw2_prior{suffix}"] = self.sw2(pushed, self.prior_heldout)
             if self.cross_cov is not None and name == "sde":   # the ODE couples by a deterministic map, not the bridge's coupling
                 rec[f"cross_cov_error{suffix}"] = relative_error(coupling_moments(self.data_x.cpu(), pushed.cpu()), self.cross_cov).item()
-        if self.score is not None: rec.update(self.score(self.generated))
+        if self.score is not None: rec.update(self.score(self.pictures(self.generated)))
         if self.points is not None: rec.update(self.point_scores(tr, main))
         if self.data.score_bridge is not None:
             rec.update(self.data.score_bridge(tr.solver, torch.Generator(tr.device).manual_seed(derive_seed(self.cfg.seed, 97, tr.iteration))))
         self.last = rec
         tr.log(eval=tr.iteration + 1, **{k: float(v) for k, v in rec.items()})
+    def pictures(self, x: torch.Tensor) -> torch.Tensor:
+        "Samples as pictures: decoded when the data set's samples are latents (`DataSpec.decode`)."
+        return x if self.data.decode is None else self.data.decode(x)
     @torch.no_grad()
     def point_scores(self, tr, name: str, iteration: int = None) -> dict:
         "The exact-W2 and kNN score of sampler `name`'s points after `iteration` (default: the current one); keys suffixed by its name unless it is the run's sampler."
@@ -151,15 +154,15 @@ def plot_images(run_dir: Path, ev: Evaluate, iteration: int):
     import matplotlib.pyplot as plt
     fig, axs = plt.subplots(1, 2, figsize=(7, 3.6), dpi=80)
     score = f"digit FD {ev.last['digit_fd']:.2f}, floor {ev.last['digit_fd_floor']:.2f}" if "digit_fd" in ev.last else f"SW2 {ev.last['sw2_data']:.3f}"
-    image_grid(ev.generated[:64].cpu(), ax=axs[0], title=f"IPF {iteration}: generated ({score})")
-    image_grid(ev.data_heldout[:64].cpu(), ax=axs[1], title="data")
+    image_grid(ev.pictures(ev.generated[:64]).cpu(), ax=axs[0], title=f"IPF {iteration}: generated ({score})")
+    image_grid(ev.pictures(ev.data_heldout[:64]).cpu(), ax=axs[1], title="data")
     fig.tight_layout(); save_figure(fig, run_dir / f"samples_ipf{iteration:02d}.png")
 
 def gif_images(path: torch.Tensor, run_dir: Path, ev: Evaluate):
     "A GIF of the denoising chain: one grid of images per chain step `path` (N+1, B, C, H, W)."
     from PIL import Image
     keep = sorted(set(range(0, path.shape[0], _every(path))) | {path.shape[0] - 1})
-    frames = [Image.fromarray((255 * make_image_grid(path[k].cpu(), nrow=8)).round().astype("uint8").squeeze()) for k in keep]
+    frames = [Image.fromarray((255 * make_image_grid(ev.pictures(path[k]).cpu(), nrow=8)).round().astype("uint8").squeeze()) for k in keep]
     scale = max(1, 256 // frames[0].width)
     frames = [f.resize((f.width * scale, f.height * scale), Image.NEAREST) for f in frames]
     frames += [frames[-1]] * 10                       # hold the last frame

@@ -102,3 +102,24 @@ def test_image_transfer_runs_offline(tmp_path):
     m = run(dataset="mnist_digits", solver="dsbm", **{**TINY, "eval_npar": 64}, out_dir=str(tmp_path / "runs"), run_name="t", plots=True)
     assert 0 <= m["transfer_labels_kept"] <= 1 and 0.3 < m["transfer_labels_untransferred"] < 0.8 and m["digit_fd"] > m["digit_fd_floor"]
     assert (tmp_path / "runs/t/samples_ipf01.png").exists()
+
+
+def test_mnist_latent_runs_end_to_end_and_loads(tmp_path, monkeypatch):
+    "Issue 22 item 2: MNIST bridged in an autoencoder's 2 x 8 x 8 latent space, samples decoded to 28 px for the grid and the score; load decodes alike."
+    import shutil, torch
+    from dsb.image_metrics import default_cache_dir
+    from dsb.run import train, load
+    cache = tmp_path / "cache"; cache.mkdir()
+    for f in default_cache_dir().glob("digit_classifier_mnist28_v*.pt"): shutil.copy(f, cache)   # the score's classifier, if built
+    monkeypatch.setenv("DSB_CACHE", str(cache))                  # the autoencoder of 200 digits is trained here (seconds)
+    b = train(dataset="mnist_latent", solver="dsbm", max_images=200, **{**TINY, "eval_npar": 64}, out_dir=str(tmp_path / "runs"),
+              run_name="m", plots=True)
+    assert b.data.shape == (2, 8, 8) and list(cache.glob("mnist_autoencoder_v*_n200.pt"))
+    m = b.metrics                                                 # the mnist28 score of decoded samples, next to its floor
+    assert 0.9 < m["digit_confidence_floor"] <= 1 and 0 < m["digit_confidence"] <= 1 and m["digit_fd"] > m["digit_fd_floor"]
+    assert (tmp_path / "runs/m/samples_ipf01.png").exists()
+    z = b.sample(4, seed=1)
+    x = b.data.decode(z)
+    assert z.shape == (4, 2, 8, 8) and x.shape == (4, 1, 28, 28) and x.abs().max() <= 1
+    again = load(tmp_path / "runs/m")
+    assert torch.equal(again.data.decode(again.sample(4, seed=1)), x)
