@@ -11,6 +11,7 @@ repository), stamped with date, machine, thread count and commit:
     python bench/digits.py                                  # `-p dataset digits` as a user gets it (its default solver), seed 0
     python bench/digits.py --solver dsb --seeds 0 1 2       # one solver's preset, three training seeds
     python bench/digits.py --dataset mnist_offline --seeds 0
+    python bench/digits.py --dataset mnist_latent --solver dsbm   # MNIST on a CPU (set DSB_CACHE to an empty folder to count the autoencoder)
     python bench/digits.py -p n_ipf 2 --tag short           # any Config parameter; --tag names the files <...>_<tag>
     python bench/digits.py --figures                        # the curves of both solvers from their JSON files (no training)
     python bench/digits.py --quick                          # a tiny budget, to check the script (writes nothing)
