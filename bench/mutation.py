@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE = ("reference", "reversal", "gaussian", "imf", "trainer", "ipf", "dsbm", "checkpoint", "metrics")
 # mutmut's console script, not `python -m mutmut`: -m would put the work folder (its unmutated dsb/) first on sys.path
 MUTMUT = str(Path(sys.executable).parent / "mutmut")
-TESTS = ("tests/test_planted.py", "tests/test_core_exact.py")   # the fast subset: seconds in all
+TESTS = ("tests/test_planted.py", "tests/test_core_exact.py", "tests/test_mutants.py")   # the fast subset: seconds in all
 MUTMUT_CFG = """[mutmut]
 source_paths = dsb/
 only_mutate =
@@ -67,6 +67,12 @@ PLANTED = {
                       "tests/test_planted.py tests/test_accuracy.py::test_dsbm_gaussian_matches_the_exact_imf_iterate_and_its_ode_reaches_the_data"),
     "dsbm_weight": ("dsb/dsbm.py", "self.ref.transition(self.ref.T - t if self.forward_stage else t)",
                     "self.ref.transition(t if self.forward_stage else self.ref.T - t)", "tests/test_planted.py"),
+    "optimizer_state": ("dsb/trainer.py",
+                        '"optimizer": self.opt.state_dict() if (self.opt is not None and self.position[2] > 0) else None,',
+                        '"optimizer": None,', "tests/test_planted.py::test_resume_from_state_dict_continues_adam_exactly"),
+    "digit_floor_quarter": ("dsb/image_metrics.py", "self.floor = digit_scores(self.classifier, self.heldout, self.real)",
+                            "self.floor = digit_scores(self.classifier, self.heldout[:len(self.heldout) // 4], self.real)",
+                            "tests/test_image_metrics.py::test_digit_score_floor_is_the_heldout_digits_at_the_chunk_size"),
 }
 
 

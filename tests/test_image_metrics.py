@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from dsb.image_metrics import (digit_classifier, digit_floor, digit_report, digit_scores, digits8, frechet_distance,
+from dsb.image_metrics import (DigitScore, digit_classifier, digit_floor, digit_report, digit_scores, digits8, frechet_distance,
                                inception_available, inception_features, inception_path, format_digit_report)
 
 
@@ -23,9 +23,13 @@ def test_frechet_distance_closed_form_and_scipy():
 
 
 @pytest.fixture(scope="module")
-def clf(tmp_path_factory):
+def digit_cache(tmp_path_factory): return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def clf(digit_cache):
     pytest.importorskip("sklearn")
-    cache = tmp_path_factory.mktemp("cache")
+    cache = digit_cache
     c = digit_classifier(cache_dir=cache)  # trains and caches
     files = list(cache.iterdir())
     assert [f.name for f in files] == ["digit_classifier_digits8_v1.pt"]
@@ -51,6 +55,20 @@ def test_scores_ordering(clf):
     rep = digit_report(clf, noise[:100], real, heldout)
     assert rep["floor"]["n"] == 100 and "real floor" in format_digit_report(rep)
     with pytest.raises(ValueError, match="expected images"): digit_scores(clf, torch.zeros(2, 1, 28, 28))
+
+
+def test_digit_score_floor_is_the_heldout_digits_at_the_chunk_size(clf, digit_cache):
+    """Planted bug `digit_floor_quarter` (the floor scored on a quarter of the held-out digits). A perfect generator,
+    the held-out digits themselves, scores exactly the floor: DigitScore scores samples in chunks of len(heldout), so
+    its floor must be the held-out digits' score at that size (FD shrinks with the sample size: a smaller floor set
+    reads larger)."""
+    real, heldout = digits8("real")[0], digits8("heldout")[0]
+    sc = DigitScore(cache_dir=digit_cache)
+    full = digit_scores(clf, heldout, real)
+    out = sc(torch.cat([heldout, heldout]))          # two chunks, each the whole held-out set
+    assert out["digit_fd"] == pytest.approx(full["fd"], rel=1e-6) and out["digit_confidence"] == pytest.approx(full["confidence"], rel=1e-6)
+    for name, key in (("digit_fd", "fd"), ("digit_confidence", "confidence"), ("digit_entropy", "class_entropy")):
+        assert out[name + "_floor"] == pytest.approx(out[name], rel=1e-6, abs=1e-12), name
 
 
 def test_inception_missing_is_a_clear_error(tmp_path):
