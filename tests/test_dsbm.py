@@ -17,13 +17,39 @@ def full(tmp_path_factory):
     return run(**TINY, out_dir=str(tmp_path_factory.mktemp("full")), run_name="full")
 
 
+def _untrained(params: dict) -> dict:
+    "SW2 of the untrained solver (zero-initialised drifts) for each logged score, on 2000 points: what a run that learned nothing gets."
+    from dsb.run import build_trainer
+    from dsb.config import make_config
+    from dsb.data import make_data
+    from dsb.metrics import sliced_wasserstein
+    cfg = make_config(**params)
+    data = make_data(cfg)
+    solver = build_trainer(cfg, data).solver
+    g = lambda k: torch.Generator().manual_seed(k)
+    out = {}
+    for sampler, suffix in (("sde", ""), ("ode", "_ode")):
+        out["sw2_data" + suffix] = sliced_wasserstein(solver.to_data(data.prior(2000, g(1)), g(2), sampler=sampler), data.data(2000, g(3)), generator=g(4))
+        out["sw2_prior" + suffix] = sliced_wasserstein(solver.to_prior(data.data(2000, g(1)), g(2), sampler=sampler), data.prior(2000, g(3)), generator=g(4))
+    return out
+
+
+def _learned(full: dict, untrained: dict, margins: dict):
+    """Each score at most `margin` x the untrained solver's (measured in the test, on more points, so with less
+    small-sample bias than the run's 400: the comparison favours the untrained model). Margins sit above the measured
+    ratios (in the callers' comments) with room for platform rounding, far below 1."""
+    for k, m in margins.items():
+        assert 0 < full[k] < m * untrained[k], (k, full[k], untrained[k], m)
+
+
 def _same_result(a: dict, b: dict):
     for k in ("sw2_data", "sw2_prior", "sw2_data_ode", "sw2_prior_ode", "sw2_floor", "steps"): assert a[k] == b[k], k
 
 
 def test_dsbm_run_logs_both_samplers_and_learns(full):
     assert full["solver"] == "dsbm" and full["steps"] == 2 * 2 * 100
-    for k in ("sw2_data", "sw2_prior", "sw2_data_ode", "sw2_prior_ode"): assert 0 < full[k] < 1.5, (k, full[k])
+    # measured: trained / untrained 0.283 / 0.438, 0.112 / 0.290, 0.268 / 0.360, 0.265 / 0.356 (ratios 0.65, 0.39, 0.74, 0.74)
+    _learned(full, _untrained(TINY), dict(sw2_data=0.8, sw2_prior=0.55, sw2_data_ode=0.88, sw2_prior_ode=0.88))
     history = [json.loads(l) for l in (Path(full["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in history if r.get("name") == "training the backward drift" and r["iteration"] == 1]
     assert losses[-1] < losses[0]                                 # the regression makes progress
@@ -84,17 +110,17 @@ def test_predict_end_learns_and_extends_exactly(tmp_path):
     from dsb.data import make_data
     from dsb.dsbm import EndDrift
     p = dict(TINY, predict="end")
-    from dsb.metrics import sliced_wasserstein
     cfg = make_config(**p)
     data = make_data(cfg)
     solver = build_trainer(cfg, data).solver
     assert isinstance(solver.forward.net, EndDrift) and isinstance(solver.backward.net, EndDrift)
     assert solver.forward.net.direction == "forward" and solver.backward.net.direction == "backward"
-    g = lambda k: torch.Generator().manual_seed(k)
-    untrained = float(sliced_wasserstein(solver.to_data(data.prior(2000, g(1)), g(2)), data.data(2000, g(3)), generator=g(4)))
     full = run(**p, out_dir=str(tmp_path), run_name="full")
-    for k in ("sw2_data", "sw2_prior", "sw2_data_ode"): assert 0 < full[k] < 1.5, (k, full[k])
-    assert full["sw2_data"] < 0.7 * untrained, (full["sw2_data"], untrained)   # the backward regression learned the data end (0.24 vs 0.43)
+    # measured: SDE trained / untrained 0.242 / 0.433 (data), 0.130 / 0.282 (prior): ratios 0.56 and 0.46.
+    # The ODE is NOT asserted to learn: with predict='end' this tiny run's probability flow scores 1.09 (data) and 0.82
+    # (prior) against the untrained model's 0.36 and 0.36 (worse than untrained; open, see issue 20's report).
+    _learned(full, _untrained(p), dict(sw2_data=0.7, sw2_prior=0.6))
+    assert all(0 < full[k] < float("inf") for k in ("sw2_data_ode", "sw2_prior_ode"))
     first = run(**{**p, "n_ipf": 1}, out_dir=str(tmp_path), run_name="first")
     with pytest.raises(ValueError, match="predict='drift' differs from the run being resumed"): run(resume=first["run_dir"], predict="drift")
     _same_result(run(resume=first["run_dir"], n_ipf=2), full)
