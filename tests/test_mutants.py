@@ -479,3 +479,85 @@ def test_checkpointer_saves_every_at_block_boundaries_and_after_stages(tmp_path)
     cb.after_stage(tr); assert torch.load(tmp_path / STAGE)["step"] == 10 and cb.last == (0, 0, 10)
     cb.after_stage(tr); assert len(calls) == 3   # same position: not saved twice
     cb2 = Checkpointer(tmp_path); tr.position = (1, 0, 3); cb2.before_fit(tr); assert cb2.last == (1, 0, 3) and cb2.every == 1000
+
+
+# ---------------------------------------------------------------- trainer: progress lines, loss log, duration
+
+import copy as _copy
+import io
+from torch import nn
+from dsb import trainer as T
+
+
+def test_duration_by_hand():
+    assert T.duration(float("nan")) == "?" and T.duration(42.4) == "42 s" and T.duration(119.4) == "119 s"
+    assert T.duration(120) == "2.0 min" and T.duration(7199) == "120.0 min" and T.duration(7200) == "2.0 h" and T.duration(9000) == "2.5 h"
+
+
+class _Lin(T.Solver):
+    "y = 2 x with a linear net; each refresh of the training data takes 2 s and each step 0.5 s on the fake clock."
+    def __init__(self, clock):
+        torch.manual_seed(0)
+        self.net, self.clock = nn.Linear(2, 2), clock
+        self.ema = _copy.deepcopy(self.net).requires_grad_(False)
+    def trained(self, iteration, stage): return self.net, self.ema
+    def refresh(self, tr): self.clock[0] += 2.0
+    def batch(self, n, generator): return (torch.randn(n, 2, generator=generator),)
+    def loss(self, net, batch): return ((net(batch[0]) - 2 * batch[0]) ** 2).mean(1)
+
+
+class _Tick(T.Callback):
+    order = 0   # before Progress (30): a step's time has passed when Progress looks at the clock
+    def __init__(self, clock): self.clock = clock
+    def after_step(self, tr): self.clock[0] += 0.5
+
+
+def test_progress_lines_and_estimates_on_a_fake_clock(monkeypatch):
+    """Times by hand: 2 iterations x 12 steps, block 6, probe 4, a line every 5 s. Step 0.5 s, refresh 2 s: the first
+    estimate after steps 1-5 (0.5 s a step, refresh 2 s, 20 steps left: 20 x (0.5 + 2/6) = 16.7 s); iteration 1 takes
+    12 x 0.5 + 2 x 2 = 10 s; from iteration 2 on the pace of the fit so far (10 s / 12 steps)."""
+    clock = [0.]
+    monkeypatch.setattr(T.time, "perf_counter", lambda: clock[0])
+    out = io.StringIO()
+    prog = T.Progress(every=3, bar=False, interval=5., probe=4, file=out)
+    tr = T.Trainer(_Lin(clock), iterations=2, steps=12, batch_size=8, block=6, lr=0.01, callbacks=[_Tick(clock), prog, T.LossLogger()])
+    tr.fit()
+    lines = out.getvalue().splitlines()
+    n = torch.get_num_threads()
+    assert lines[0] == f"training: 2 iterations x 1 stage x 12 steps of batch 8 on cpu ({n} thread{'s' * (n > 1)}): 24 optimiser steps to go"
+    assert lines[1] == ("estimate: 19 more optimiser steps at 0.5 s each and a refresh of the training data every 6 steps at 2 s "
+                        "(timed now, on this machine): 17 s, plus an evaluation after each iteration (the estimate is updated after "
+                        "each iteration, evaluation included)")
+    import re
+    step = lambda line: re.fullmatch(r"(\d)/2 stage 1: step (\d+)/12, loss [0-9.e+-]+; (.+) elapsed, about (.+) left", line).groups()
+    # iteration 1: the probe's pace, 19 and 13 steps left; iteration 2: the fit's pace 15 s / 17 steps x 7 and 20 s / 23 x 1
+    assert step(lines[2]) == ("1", "6", "5 s", "16 s") and step(lines[3]) == ("1", "12", "10 s", "11 s")
+    assert lines[4] == "1/2 stage 1: done in 10 s" and lines[5] == "iteration 1/2 took 10 s with its evaluation; about 10 s left"
+    assert step(lines[6]) == ("2", "6", "15 s", "6 s") and step(lines[7]) == ("2", "12", "20 s", "1 s")
+    assert lines[8:] == ["2/2 stage 1: done in 10 s", "training stopped after 20 s, 24 optimiser steps"]
+    # LossLogger: one record per block, iteration and stage counted from 1, the block's mean loss
+    recs = [r for r in tr.history if "loss" in r]
+    assert [(r["iteration"], r["stage"], r["step"], r["name"]) for r in recs] == [(1, 1, 6, "stage 1"), (1, 1, 12, "stage 1"), (2, 1, 6, "stage 1"), (2, 1, 12, "stage 1")]
+    assert recs[0]["loss"] > recs[-1]["loss"] > 0
+
+
+def test_progress_resumed_and_plain_default_file(monkeypatch, capsys):
+    clock = [0.]
+    monkeypatch.setattr(T.time, "perf_counter", lambda: clock[0])
+    prog = T.Progress(bar=False, probe=100)
+    assert (prog.every, prog.leave, prog.interval, prog.probe, prog.file) == (50, False, 30., 100, None)
+    tr = T.Trainer(_Lin(clock), iterations=1, steps=6, batch_size=4, block=3, lr=0.01, callbacks=[_Tick(clock), prog])
+    tr.position = (0, 0, 3)
+    prog.before_fit(tr)
+    out = capsys.readouterr().out
+    assert out.startswith("training: 1 iteration x 1 stage x 6 steps of batch 4") and out.endswith("3 optimiser steps to go (resuming after 3)\n")
+    assert prog.start == 3 and prog.total == 6 and prog.step_s is None
+
+
+def test_solver_defaults():
+    s = T.Solver()
+    assert s.stage_name(0, 1) == "stage 2" and s.reference_transition() is None and s.state_dict() == {} and s.n_stages == 1 and s.T == 1.
+    for f in (lambda: s.trained(0, 0), lambda: s.batch(1, None), lambda: s.loss(None, ())):
+        with pytest.raises(NotImplementedError): f()
+    with pytest.raises(NotImplementedError, match="Solver has no learned process to sample"): s.chain(True)
+    with pytest.raises(NotImplementedError, match="Solver has no probability-flow ODE"): s.flow(True)
