@@ -561,3 +561,73 @@ def test_solver_defaults():
         with pytest.raises(NotImplementedError): f()
     with pytest.raises(NotImplementedError, match="Solver has no learned process to sample"): s.chain(True)
     with pytest.raises(NotImplementedError, match="Solver has no probability-flow ODE"): s.flow(True)
+
+
+# ---------------------------------------------------------------- dsbm: end-point drifts, samplers, the OU kernel of a config
+
+from types import SimpleNamespace
+from dsb import dsbm as D
+
+
+class _Shift(nn.Module):
+    "net(x, t) = c (a constant displacement), so the predicted far end is x + c."
+    def __init__(self, c): super().__init__(); self.c = c
+    def forward(self, x, t): return torch.zeros_like(x) + self.c
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_end_drift_network_by_hand(direction):
+    "Forward: -lam (x - mu) + sig^2 a_s (xT - a_s x - (1 - a_s) mu) / v_s with s = T - t; backward: lam (x - mu) - sig^2 (x - a_t x0 - (1 - a_t) mu) / v_t; t clamped to [T m, T (1 - m)]."
+    ref = LinearReference.ou(2., var_final=1.5, mean_final=0.3)
+    lam, s2, mu = 1 / 1.5, 2., 0.3
+    x = _rng(0)(3, 2)
+    net = D.EndDrift(_Shift(torch.tensor([0.5, -1.], dtype=f64)), ref, direction, margin=0.1)
+    for t_norm, s in ((0.25, 0.5), (0.0, 0.2), (1.0, 1.8)):   # normalised time -> clamped time in [0.2, 1.8]
+        end = x + torch.tensor([0.5, -1.], dtype=f64)
+        if direction == "forward":
+            u = 2. - s
+            a, v = math.exp(-lam * u), s2 * (1 - math.exp(-2 * lam * u)) / (2 * lam)
+            want = -lam * (x - mu) + s2 * a * (end - a * x - (1 - a) * mu) / v
+        else:
+            a, v = math.exp(-lam * s), s2 * (1 - math.exp(-2 * lam * s)) / (2 * lam)
+            want = lam * (x - mu) - s2 * (x - a * end - (1 - a) * mu) / v
+        assert torch.allclose(net(x, torch.tensor(t_norm)), want, atol=1e-12), (t_norm, s)
+    assert net.margin == 0.1 and D.EndDrift(_Shift(0.), ref, direction).margin == 1e-3
+    with pytest.raises(ValueError, match="direction must be 'forward' or 'backward'"): D.EndDrift(_Shift(0.), ref, "up")
+    assert torch.allclose(D.Drift(_Shift(torch.tensor(3.)), 1.5)(x, 0.2), torch.full_like(x, 2.))
+
+
+def test_sde_and_flow_samplers_by_hand():
+    "Euler-Maruyama x + g v(x, t) + sig sqrt(g) z with the generator's z (noise_last on / off); Euler on (f - b)/2 with the travel direction's sign."
+    f = lambda x, t: -x + t
+    b = lambda x, t: 2 * x
+    x0 = torch.tensor([[1., -2.]], dtype=f64)
+    t, g = torch.tensor([0., 0.3, 1.], dtype=f64), torch.tensor([0.1, 0.2], dtype=f64)
+    z = torch.randn(2, 1, 2, generator=torch.Generator().manual_seed(5), dtype=f64)
+    x1 = x0 + 0.1 * f(x0, 0.) + 0.7 * 0.1 ** 0.5 * z[0]
+    x2 = x1 + 0.2 * f(x1, 0.3) + 0.7 * 0.2 ** 0.5 * z[1]
+    got = D.sde_sample(f, x0, t, g, 0.7, generator=torch.Generator().manual_seed(5), path=True)
+    assert got.shape == (3, 1, 2) and torch.allclose(got[1], x1) and torch.allclose(got[2], x2)
+    last = D.sde_sample(f, x0, t, g, 0.7, generator=torch.Generator().manual_seed(5), noise_last=False)
+    assert torch.allclose(last, x1 + 0.2 * f(x1, 0.3))
+    u = lambda x, s: (f(x, s) - b(x, s)) / 2
+    y1 = x0 + 0.1 * u(x0, 0.); y2 = y1 + 0.2 * u(y1, 0.3)
+    fw = D.flow_sample(f, b, x0, t, g, path=True)
+    assert torch.allclose(fw[1], y1) and torch.allclose(fw[2], y2) and torch.equal(D.flow_sample(f, b, x0, t, g), fw[-1])
+    tb = t.flip(0)
+    w1 = x0 - 0.1 * u(x0, 1.)
+    assert torch.allclose(D.flow_sample(f, b, x0, tb, g, path=True)[1], w1)
+    assert torch.equal(D.flow_velocity(f, b, x0, 0.5), u(x0, 0.5))
+    tt, gg = D.uniform_grid(4, 2., "backward")
+    assert torch.equal(tt, torch.tensor([1., 0.75, 0.5, 0.25, 0.], dtype=f64)) and torch.equal(gg, torch.full((4,), 0.5, dtype=f64))
+
+
+def test_ou_kernel_and_options_check():
+    cfg = SimpleNamespace(num_steps=4, gamma_min=0.05, gamma_max=0.05, gamma_space="linspace", var_final=2., mean_final=0.)
+    a, v = D.ou_kernel(cfg)   # T = 0.2, lam = 1/2, sigma^2 = 2
+    assert abs(a - math.exp(-0.1)) < 1e-14 and abs(v - 2 * (1 - math.exp(-0.2))) < 1e-14
+    ok = SimpleNamespace(coupling="independent", predict="drift", grid_steps=0, precision="fp32")
+    D.DSBMOptions.check(ok)
+    for bad, msg in ((dict(coupling="nope"), "parameter coupling='nope' is not allowed"), (dict(predict="x"), "parameter predict='x' is not allowed"),
+                     (dict(grid_steps=-1), "grid_steps"), (dict(precision="bf16"), "precision='bf16' applies to solver='dsb' only")):
+        with pytest.raises(ValueError, match=msg): D.DSBMOptions.check(SimpleNamespace(**{**vars(ok), **bad}))
