@@ -2,6 +2,7 @@
 a function with an independent computation (hand formula, Gaussian conditioning, a finite-difference Fokker-Planck
 equation, a second implementation in another module). Part of bench/mutation.py's fast subset: seconds in all."""
 import math
+import re
 
 import pytest
 import torch
@@ -631,3 +632,37 @@ def test_ou_kernel_and_options_check():
     for bad, msg in ((dict(coupling="nope"), "parameter coupling='nope' is not allowed"), (dict(predict="x"), "parameter predict='x' is not allowed"),
                      (dict(grid_steps=-1), "grid_steps"), (dict(precision="bf16"), "precision='bf16' applies to solver='dsb' only")):
         with pytest.raises(ValueError, match=msg): D.DSBMOptions.check(SimpleNamespace(**{**vars(ok), **bad}))
+
+
+# ---------------------------------------------------------------- ipf: memory check, chain kernel, options
+
+from dsb import ipf as I
+
+
+def test_check_cache_memory_by_hand():
+    "need = copies x npar x (2 N prod(shape) 4 bytes) + 5 x 4 bytes per network parameter; refused above 3/4 of what is free."
+    net = nn.Linear(3, 2)                                   # 8 parameters: 160 bytes
+    need = 2 * 10 * (2 * 5 * 6 * 4) + 160                   # 4960
+    assert I.check_cache_memory(10, 5, (2, 3), "cpu", nets=(net,), available=4960 / 0.75) == need
+    assert I.check_cache_memory(10, 5, (2, 3), "cpu", available=10_000, copies=1) == 10 * 240
+    with pytest.raises(ValueError, match=r"parameter cache_npar=10: caches of 10 chains x 5 steps of shape \(2, 3\)") as e:
+        I.check_cache_memory(10, 5, (2, 3), "cpu", nets=(net,), available=4000)
+    assert "Lower cache_npar to 5 or less" in str(e.value)    # (3000 - 160) // 480 = 5
+    with pytest.raises(ValueError, match="Lower cache_npar to 0 or less"): I.check_cache_memory(10, 5, (2, 3), "cpu", nets=(net,), available=100)
+    free = I.available_memory("cpu")
+    meminfo = [l for l in open("/proc/meminfo") if l.startswith("MemAvailable:")]
+    if meminfo: assert abs(free - int(meminfo[0].split()[1]) * 1024) < 2 ** 30    # moves while we read it
+    assert free > 2 ** 20
+
+
+def test_chain_kernel_and_dsb_options():
+    cfg = SimpleNamespace(num_steps=3, gamma_min=0.1, gamma_max=0.1, gamma_space="linspace", var_final=2.)
+    a, v = I.chain_kernel(cfg)   # alpha = 1 - 0.1/2 per step; v = sum_k 2 gamma alpha^(2 (N-1-k))
+    assert abs(a - 0.95 ** 3) < 1e-14 and abs(v - 0.2 * (1 + 0.95 ** 2 + 0.95 ** 4)) < 1e-14
+    ok = SimpleNamespace(time_sampling="uniform", precision="fp32", mean_match=True, ode_steps=0, num_steps=20)
+    I.DSBOptions.check(ok); I.DSBOptions.check(SimpleNamespace(**{**vars(ok), "ode_steps": 20}))
+    I.DSBOptions.check(SimpleNamespace(**{**vars(ok), "precision": "bf16", "mean_match": False}))
+    for bad, msg in ((dict(time_sampling="x"), "parameter time_sampling='x' is not allowed"),
+                     (dict(precision="bf16"), "precision='bf16' needs mean_match=False"),
+                     (dict(ode_steps=7), "parameter ode_steps=7: solver='dsb' runs its probability flow on the chain's grid of num_steps=20 steps; give 0 or 20")):
+        with pytest.raises(ValueError, match=re.escape(msg) if "(" in msg else msg): I.DSBOptions.check(SimpleNamespace(**{**vars(ok), **bad}))
