@@ -120,20 +120,41 @@ def run_mutmut(work: Path, modules: list[str]) -> float:
     return time.time() - t0
 
 
+_EXIT = {0: "survived", 1: "killed", 33: "no tests", 34: "skipped", 35: "suspicious", 36: "timeout", 37: "caught by type check",
+         -24: "timeout", 152: "timeout", None: "not checked"}
+
+
+def _functions(path: Path) -> dict:
+    "Source of every function of a mutmut-generated module (`x_f__mutmut_orig`, `x_f__mutmut_3`, methods `xǁCǁm__mutmut_3`)."
+    import ast
+    src = path.read_text()
+    return {n.name: ast.get_source_segment(src, n) for n in ast.walk(ast.parse(src))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and "__mutmut_" in n.name}
+
+
+def _diff(funcs: dict, name: str) -> str:
+    "The changed lines of mutant `name` against its original, as `-`/`+` lines (what `mutmut show` prints, without a process per mutant)."
+    import difflib
+    short = name.split(".", 2)[2] if name.startswith("dsb.") else name
+    orig = funcs.get(re.sub(r"__mutmut_\d+$", "__mutmut_orig", short))
+    mut = funcs.get(short)
+    if orig is None or mut is None: return ""
+    rename = lambda text: text.replace(short, "f").replace(re.sub(r"__mutmut_\d+$", "__mutmut_orig", short), "f")
+    lines = difflib.unified_diff(rename(orig).splitlines(), rename(mut).splitlines(), lineterm="", n=0)
+    return "\n".join(l for l in lines if l[:1] in "+-" and not l.startswith(("+++", "---")))
+
+
 def collect(work: Path, modules: list[str]) -> dict:
-    "Every mutant's status (mutmut results --all) and the diff of each survivor."
-    env = {**os.environ, "PYTHONPATH": str(work / "mutants")}
-    out = subprocess.run([MUTMUT, "results", "--all", "true"], cwd=work, env=env,
-                         capture_output=True, text=True).stdout
-    status = dict(re.findall(r"^\s+(\S+): (.+)$", out, re.M))
-    status = {k: v for k, v in status.items() if module_of(k) in modules}
-    def show(name):
-        diff = subprocess.run([MUTMUT, "show", name], cwd=work, env=env, capture_output=True, text=True).stdout
-        return name, dict(status="survived", diff="\n".join(l for l in diff.splitlines() if l.startswith(("+", "-"))
-                                                              and not l.startswith(("+++", "---"))))
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(4) as pool:   # "no tests" (no test of the subset reaches the function): counted, not listed
-        survivors = dict(pool.map(show, [k for k, st in status.items() if st == "survived"]))
+    "Every mutant's status (from mutmut's `.meta` files: exit code per mutant) and the diff of each survivor."
+    status, survivors = {}, {}
+    for m in modules:
+        meta = work / "mutants" / "dsb" / f"{m}.py.meta"
+        if not meta.exists(): continue
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        funcs = _functions(work / "mutants" / "dsb" / f"{m}.py")
+        for name, code in codes.items():
+            status[name] = _EXIT.get(code, f"exit code {code}")
+            if status[name] == "survived": survivors[name] = dict(status="survived", diff=_diff(funcs, name))
     return dict(status=status, survivors=survivors)
 
 

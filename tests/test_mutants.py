@@ -666,3 +666,57 @@ def test_chain_kernel_and_dsb_options():
                      (dict(precision="bf16"), "precision='bf16' needs mean_match=False"),
                      (dict(ode_steps=7), "parameter ode_steps=7: solver='dsb' runs its probability flow on the chain's grid of num_steps=20 steps; give 0 or 20")):
         with pytest.raises(ValueError, match=re.escape(msg) if "(" in msg else msg): I.DSBOptions.check(SimpleNamespace(**{**vars(ok), **bad}))
+
+
+# ---------------------------------------------------------------- checkpoint: messages, weights-only loading, a full disk
+
+from dsb import checkpoint as CK
+from dsb.core import NoSpaceError
+
+
+class _NotWeights:
+    "An object torch.load(weights_only=True) refuses to unpickle."
+
+
+def test_short_error_lines_by_hand():
+    assert CK._short(ValueError("first part. second part\nnext line")) == "ValueError: first part"
+    assert CK._short(RuntimeError("")) == "RuntimeError: " and CK._short(OSError("  \n")) == "OSError: "
+    assert CK._short(KeyError("x" * 200)) == "KeyError: '" + "x" * 159
+    assert CK._short(RuntimeError("Weights only load failed. Re-running with weights_only=False ...")) == "RuntimeError: not a valid weights-only checkpoint"
+    assert CK._short(RuntimeError("use weights_only or not")) == "RuntimeError: not a valid weights-only checkpoint"
+
+
+def test_checkpoints_load_weights_only_to_the_cpu(tmp_path):
+    save_checkpoint(tmp_path, {"position": [0, 0, 1], "w": torch.ones(2)}); save_checkpoint(tmp_path, {"position": [0, 0, 2], "w": torch.ones(2)})
+    st = load_checkpoint(tmp_path)
+    assert st["w"].device.type == "cpu" and torch.equal(st["w"], torch.ones(2)) and st["position"] == [0, 0, 2]
+    torch.save({"position": [0, 0, 3], "obj": _NotWeights()}, tmp_path / CHECKPOINT)   # not weights-only: refused, not unpickled
+    notes = []
+    st = load_checkpoint(tmp_path, say=notes.append, set_aside=False)
+    assert st["position"] == [0, 0, 1]
+    assert notes and "checkpoint.pt is unreadable (UnpicklingError: not a valid weights-only checkpoint)" in notes[0]
+    d = tmp_path / "stage"; d.mkdir()
+    torch.save({"position": [1, 0, 0], "obj": _NotWeights()}, d / STAGE)
+    with pytest.raises(Exception, match="(?i)weights"): set_aside_stage(d)
+    (d / BACKUP).write_bytes(b"junk"); (d / CHECKPOINT).write_bytes(b"")
+    with pytest.raises(RuntimeError) as e: load_checkpoint(d, set_aside=False)
+    lines = str(e.value).splitlines()
+    assert lines[0] == f"no readable checkpoint in {d} (corrupt or truncated):" and lines[1].startswith("  checkpoint.pt: ")
+    assert lines[2].startswith("  checkpoint_prev.pt: ") and lines[3].startswith("  checkpoint_stage.pt: UnpicklingError")
+    assert lines[4] == "Start a fresh run (without resume), or restore a copy of the run folder."
+
+
+def test_checkpointer_block_saves_are_not_stage_starts_and_a_full_disk_names_the_last_good_one(tmp_path, monkeypatch):
+    cb, tr = Checkpointer(tmp_path, every=1), _Tr()
+    tr.block = 1
+    for step in range(3):
+        tr.step, tr.position = step, (0, 0, step)
+        cb.before_block(tr)
+    assert torch.load(tmp_path / CHECKPOINT)["step"] == 2 and torch.load(tmp_path / BACKUP)["step"] == 1 and not (tmp_path / STAGE).exists()
+    def full(*a, **k): raise NoSpaceError(28, "No space left on device")
+    monkeypatch.setattr(CK, "save_checkpoint", full)
+    tr.step, tr.position = 3, (0, 0, 3)
+    with pytest.raises(NoSpaceError) as e: cb.before_block(tr)
+    assert e.value.errno == 28 and e.value.strerror == f"No space left on device; the last good checkpoint is {tmp_path / CHECKPOINT} at position (0, 0, 2)"
+    with pytest.raises(NoSpaceError) as e: Checkpointer(tmp_path / "new").save(tr)
+    assert e.value.strerror == "No space left on device; no checkpoint was written yet"
