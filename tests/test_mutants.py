@@ -369,6 +369,7 @@ def test_gaussian_distances_by_hand():
     assert abs(M.gaussian_w2(R @ m1, R @ S1 @ R.T, R @ m2, R @ S2 @ R.T) - math.sqrt(w2sq)) < 1e-10
     bw = M.bures_wasserstein2(torch.stack([m1, m2]), torch.stack([S1, S2]), torch.stack([m2, m2]), torch.stack([S2, S2]))
     assert torch.allclose(bw, torch.tensor([w2sq, 0.], dtype=f64), atol=1e-10)
+    assert M.bures_wasserstein2(m1.float(), S1.float(), m2.float(), S2.float()).dtype == f64   # float64 whatever the inputs
     per, se = M.cbw2_uvp(torch.stack([m1, m2]), torch.stack([S1, S2]), torch.stack([m2, m2]), torch.stack([S2, S2]), total_var=5.)
     assert abs(per - 100 * w2sq / 5 / 2) < 1e-8 and abs(se - 100 * w2sq / 5 / 2 ** 0.5 / 2 ** 0.5) < 1e-8
     assert M.cbw2_uvp(m1[None], S1[None], m2[None], S2[None], 1.)[1] == 0.
@@ -386,6 +387,10 @@ def test_moment_helpers_by_hand():
     y = torch.tensor([[1.], [0.], [2.]], dtype=f64)
     assert torch.allclose(M.coupling_moments(x, y), torch.tensor([[0.5 * ((-2) * 0 + 0 * -1 + 2 * 1)], [0.5 * ((-1) * 0 + (-1) * (-1) + 2 * 1)]], dtype=f64))
     with pytest.raises(ValueError, match="n >= 2 draws"): M.sample_moments(torch.zeros(1, 2))
+    assert torch.equal(M.sample_moments(torch.tensor([[0., 1.], [2., 3.]]))[1], torch.full((2, 2), 2., dtype=f64))   # n = 2 is enough
+    with pytest.raises(ValueError, match="x needs at least 2 samples, got 1"): M.gaussian_fit(torch.zeros(1, 2))
+    c = M.coupling_moments(x, torch.cat([y, 2 * y], 1))
+    assert c.shape == (2, 2) and torch.allclose(c[:, 1], 2 * c[:, 0]) and torch.allclose(c[:, :1], M.coupling_moments(x, y))
     with pytest.raises(ValueError, match="same chains"): M.coupling_moments(x, y[:2])
 
 
@@ -649,6 +654,11 @@ def test_check_cache_memory_by_hand():
         I.check_cache_memory(10, 5, (2, 3), "cpu", nets=(net,), available=4000)
     assert "Lower cache_npar to 5 or less" in str(e.value)    # (3000 - 160) // 480 = 5
     with pytest.raises(ValueError, match="Lower cache_npar to 0 or less"): I.check_cache_memory(10, 5, (2, 3), "cpu", nets=(net,), available=100)
+    assert I.check_cache_memory(1, 1, (1,), "cpu") == 2 * 8                  # default: the memory free on the device
+    budget = 0.75 * 2 ** 31                                                  # 2 GiB free: 3355443 chains of 480 bytes fit
+    with pytest.raises(ValueError) as e: I.check_cache_memory(3355444, 5, (2, 3), "cpu", available=2 ** 31)
+    assert "need about 1.5 GiB, more than 3/4 of the 2.0 GiB free on cpu. Lower cache_npar to 3355443 or less" in str(e.value)
+    assert int(budget // 480) == 3355443
     free = I.available_memory("cpu")
     meminfo = [l for l in open("/proc/meminfo") if l.startswith("MemAvailable:")]
     if meminfo: assert abs(free - int(meminfo[0].split()[1]) * 1024) < 2 ** 30    # moves while we read it
@@ -720,3 +730,51 @@ def test_checkpointer_block_saves_are_not_stage_starts_and_a_full_disk_names_the
     assert e.value.errno == 28 and e.value.strerror == f"No space left on device; the last good checkpoint is {tmp_path / CHECKPOINT} at position (0, 0, 2)"
     with pytest.raises(NoSpaceError) as e: Checkpointer(tmp_path / "new").save(tr)
     assert e.value.strerror == "No space left on device; no checkpoint was written yet"
+
+
+# ---------------------------------------------------------------- ipf: which network simulates, step weights, cold starts, shards
+
+from dsb.reference import ReferenceMean
+
+
+def _dsb_small(**kw):
+    sched = Schedule(torch.tensor([0.1, 0.2, 0.4], dtype=f64))
+    torch.manual_seed(0)
+    fw = I.Direction("forward", nn.Linear(1, 1), lambda n, g: torch.zeros(n, 1), sched.forward_grid())
+    bw = I.Direction("backward", nn.Linear(1, 1), lambda n, g: torch.zeros(n, 1), sched.backward_grid())
+    return I.DSB(fw, bw, ReferenceMean(sched, 0., 1.), cache_npar=4, **kw)
+
+
+def test_dsb_simulates_with_the_reference_then_the_other_directions_ema():
+    s = _dsb_small()
+    assert s.sample_fn(0, 0) is s.reference and s.sample_fn(0, 1) is s.backward.ema and s.sample_fn(1, 0) is s.forward.ema
+    assert s.stage_name(0, 0) == "training the backward network" and s.trained(0, 1) == (s.forward.net, s.forward.ema)
+
+
+def test_dsb_step_weights_follow_the_sampled_directions_gammas():
+    s = _dsb_small(step_weights=I.STEP_WEIGHTS["inverse_gamma"])
+    s.begin_stage(SimpleNamespace(step=0, stage=0, device="cpu"))     # stage 0 samples forward chains: gammas 0.1, 0.2, 0.4
+    assert torch.allclose(s.probs, torch.tensor([10., 5., 2.5]))
+    s.begin_stage(SimpleNamespace(step=0, stage=1, device="cpu"))     # stage 1 samples backward chains, in their travel order
+    assert torch.allclose(s.probs, torch.tensor([2.5, 5., 10.]))
+    u = _dsb_small(); u.begin_stage(SimpleNamespace(step=0, stage=0, device="cpu")); assert u.probs is None
+
+
+def test_cold_start_resets_only_the_trained_direction_at_the_stage_start():
+    s = _dsb_small(warm_start=False)
+    for d in (s.forward, s.backward):
+        with torch.no_grad(): d.net.weight.fill_(5.)
+    s.begin_stage(SimpleNamespace(step=3, stage=0, device="cpu"))     # resumed mid-stage: nothing reset
+    assert s.backward.net.weight.item() == 5.
+    s.begin_stage(SimpleNamespace(step=0, stage=0, device="cpu"))     # stage 0 trains backward: it starts again from its initial weights
+    assert s.backward.net.weight.item() != 5. and s.forward.net.weight.item() == 5.
+
+
+def test_local_shards_of_the_second_process():
+    from dsb.core import DevicePolicy, derive_seed
+    start = lambda n, g: torch.randn(n, 1, generator=g)
+    got = list(I.local_shards(start, 10, 5, 4, DevicePolicy(torch.device("cpu"), 1, 2)))   # sizes 3 3 2 2: this rank holds shards 2, 3
+    assert len(got) == 2
+    for (x0, g), s in zip(got, (2, 3)):
+        assert torch.equal(x0, start(2, torch.Generator().manual_seed(derive_seed(5, s, 0))))
+        assert torch.equal(torch.randn(3, generator=g), torch.randn(3, generator=torch.Generator().manual_seed(derive_seed(5, s, 1))))
