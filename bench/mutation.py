@@ -199,15 +199,28 @@ def message_only(diff: str) -> bool:
     plus = [l[1:] for l in diff.splitlines() if l[:1] == "+"]
     if not minus or len(minus) != len(plus): return False
     for a, b in zip(minus, plus):
-        if not re.search(r"\braise\b|Error\(|\bsay\(|warn\(", a): return False
         if _STR.sub('""', a) != _STR.sub('""', b): return False
+        continuation = re.fullmatch(r'\s*(\+\s*)?""\s*\)*\s*,?\s*', _STR.sub('""', a))   # a message's next line: only a string
+        if not (continuation or re.search(r"\braise\b|Error\(|\bsay\(|warn\(", a)): return False
     return True
+
+
+_NAMED = re.compile(r"""\b(check_\w+|as_points|as_f64|_scalar|_as_matrix)\((None|[rbfu]*"[^"]*"|[rbfu]*'[^']*')""")
+
+
+def name_only(diff: str) -> bool:
+    "A mutant that only changes the first argument of a check (`check_int(\"n\", n)`): the name its error message shows."
+    minus = [l[1:] for l in diff.splitlines() if l[:1] == "-"]
+    plus = [l[1:] for l in diff.splitlines() if l[:1] == "+"]
+    norm = lambda l: _NAMED.sub(r"\1(NAME", l)
+    return bool(minus) and len(minus) == len(plus) and all(a != b and norm(a) == norm(b) for a, b in zip(minus, plus))
 
 
 def reason(name: str, v: dict) -> str | None:
     if name in EXPLAINED: return EXPLAINED[name]
     if docstring_only(v["diff"]): return "equivalent: changes a docstring only"
     if message_only(v["diff"]): return "accepted: changes only the wording of an error message or notice (its condition and type are unchanged)"
+    if name_only(v["diff"]): return "accepted: changes only the parameter name a check puts in its error message"
     return None
 
 

@@ -737,11 +737,17 @@ def test_checkpointer_block_saves_are_not_stage_starts_and_a_full_disk_names_the
 from dsb.reference import ReferenceMean
 
 
+class _Lin1(nn.Linear):
+    "A mean function m(x, t) = x + 0.1 (w x + b)."
+    def __init__(self): super().__init__(1, 1)
+    def forward(self, x, t): return x + 0.1 * super().forward(x)
+
+
 def _dsb_small(**kw):
     sched = Schedule(torch.tensor([0.1, 0.2, 0.4], dtype=f64))
     torch.manual_seed(0)
-    fw = I.Direction("forward", nn.Linear(1, 1), lambda n, g: torch.zeros(n, 1), sched.forward_grid())
-    bw = I.Direction("backward", nn.Linear(1, 1), lambda n, g: torch.zeros(n, 1), sched.backward_grid())
+    fw = I.Direction("forward", _Lin1(), lambda n, g: torch.randn(n, 1, generator=g), sched.forward_grid())
+    bw = I.Direction("backward", _Lin1(), lambda n, g: torch.randn(n, 1, generator=g), sched.backward_grid())
     return I.DSB(fw, bw, ReferenceMean(sched, 0., 1.), cache_npar=4, **kw)
 
 
@@ -778,3 +784,14 @@ def test_local_shards_of_the_second_process():
     for (x0, g), s in zip(got, (2, 3)):
         assert torch.equal(x0, start(2, torch.Generator().manual_seed(derive_seed(5, s, 0))))
         assert torch.equal(torch.randn(3, generator=g), torch.randn(3, generator=torch.Generator().manual_seed(derive_seed(5, s, 1))))
+
+
+def test_dsb_training_does_not_depend_on_the_global_rng():
+    "Every random number of a stage comes from the trainer's position-seeded streams: the global RNG's state changes nothing."
+    res = []
+    for seed in (1, 2):
+        s = _dsb_small()
+        torch.manual_seed(seed)
+        T.Trainer(s, iterations=1, steps=4, batch_size=4, block=2, lr=0.01).fit()
+        res.append([p.detach().clone() for d in (s.forward, s.backward) for p in d.net.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*res))
