@@ -786,12 +786,18 @@ def test_local_shards_of_the_second_process():
         assert torch.equal(torch.randn(3, generator=g), torch.randn(3, generator=torch.Generator().manual_seed(derive_seed(5, s, 1))))
 
 
-def test_dsb_training_does_not_depend_on_the_global_rng():
-    "Every random number of a stage comes from the trainer's position-seeded streams: the global RNG's state changes nothing."
-    res = []
-    for seed in (1, 2):
-        s = _dsb_small()
-        torch.manual_seed(seed)
-        T.Trainer(s, iterations=1, steps=4, batch_size=4, block=2, lr=0.01).fit()
-        res.append([p.detach().clone() for d in (s.forward, s.backward) for p in d.net.parameters()])
-    assert all(torch.equal(a, b) for a, b in zip(*res))
+class _Stop(T.Callback):
+    "Keep the trainer's state at the block boundary of step `at` and stop there."
+    def __init__(self, at): self.at, self.state = at, None
+    def before_block(self, tr):
+        if tr.step == self.at and self.state is None: self.state = _copy.deepcopy(tr.state_dict()); raise T.CancelFit()
+
+
+def test_dsb_resume_replays_the_uninterrupted_run():
+    "Every random number of a block comes from streams seeded by the position: a run stopped at step 2 and resumed ends like the uninterrupted one."
+    kw = dict(iterations=1, steps=4, batch_size=4, block=2, lr=0.01)
+    full = _dsb_small(); T.Trainer(full, **kw).fit()
+    stop = _Stop(2); T.Trainer(_dsb_small(), callbacks=[stop], **kw).fit()
+    resumed = _dsb_small(); tr = T.Trainer(resumed, **kw); tr.load_state_dict(stop.state); tr.fit()
+    for d, e in ((full.forward, resumed.forward), (full.backward, resumed.backward)):
+        for a, b in zip(d.net.parameters(), e.net.parameters()): assert torch.equal(a, b)
