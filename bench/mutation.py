@@ -96,6 +96,18 @@ EXPLAINED: dict[str, str] = {
     "dsb.metrics.x__gaussian_args__mutmut_19": "equivalent: check_cov(definite=None) takes the same branch as definite=False (falsy)",
     "dsb.metrics.x_sort_columns__mutmut_6": "equivalent on the CPU: both branches sort the same values (NumPy's sort is a speed path); "
                                             "the mutant only differs on a GPU, where it would fail loudly in .numpy()",
+    "dsb.dsbm.x_flow_chain__mutmut_12": "equivalent: t[-1] == t[0] only on a grid without a time span, which no caller builds "
+                                        "(uniform_grid and the schedules' grids run from 0 to 1 or back)",
+    "dsb.gaussian.xǁGaussianChainǁwith_start__mutmut_14": "equivalent: the chain's __post_init__ converts cov0 to float64 (as_f64), "
+                                                          "and a scalar times the identity is exact in float32",
+    "dsb.reference.x_sample_chain__mutmut_83": "equivalent in value: with sigma2 = 0 the added noise is sqrt(0) z = 0 "
+                                               "(only the generator's state advances, which no caller reads after a noiseless chain)",
+    "dsb.trainer.xǁTrainerǁ__init____mutmut_57": "equivalent: the device policy comes from the first network's device, and both "
+                                                 "stages' networks of every solver live on the same device",
+    "dsb.checkpoint.x_load_checkpoint__mutmut_15": "accepted: map_location=None differs only for checkpoints holding GPU tensors "
+                                                   "(loaded back onto the GPU); the CPU-only test machines cannot tell",
+    "dsb.checkpoint.x_load_checkpoint__mutmut_18": "accepted: an omitted map_location differs only for checkpoints holding GPU tensors "
+                                                   "(loaded back onto the GPU); the CPU-only test machines cannot tell",
     "dsb.checkpoint.x_load_checkpoint__mutmut_16": "equivalent in torch >= 2.6: weights_only=None means the default, True",
     "dsb.checkpoint.x_load_checkpoint__mutmut_19": "equivalent in torch >= 2.6: an omitted weights_only defaults to True",
     "dsb.checkpoint.x_set_aside_stage__mutmut_10": "equivalent in torch >= 2.6: weights_only=None means the default, True",
