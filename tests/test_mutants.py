@@ -450,17 +450,17 @@ def test_checkpoint_files_fallbacks_and_set_aside(tmp_path):
     (tmp_path / CHECKPOINT).write_bytes(b"garbage")
     st = load_checkpoint(tmp_path, say=notes.append, set_aside=False)
     assert st["position"] == [0, 0, 2] and (tmp_path / CHECKPOINT).exists() and "no file was changed" in notes[-1]
-    assert "checkpoint.pt is unreadable" in notes[-1] and "loaded checkpoint_prev.pt (position [0, 0, 2])" in notes[-1]
+    assert "checkpoint.pt is unreadable" in notes[-1] and "loaded checkpoint_prev.pt (iteration 1, stage 1, after 2 steps)" in notes[-1]
     st = load_checkpoint(tmp_path, say=notes.append)
     assert st["position"] == [0, 0, 2] and not (tmp_path / CHECKPOINT).exists() and (tmp_path / UNREADABLE).read_bytes() == b"garbage"
-    assert f"kept as {UNREADABLE}" in notes[-1] and "resuming from checkpoint_prev.pt (position [0, 0, 2])" in notes[-1]
+    assert f"kept as {UNREADABLE}" in notes[-1] and "resuming from checkpoint_prev.pt (iteration 1, stage 1, after 2 steps)" in notes[-1]
     (tmp_path / BACKUP).write_bytes(b""); (tmp_path / STAGE).write_bytes(b"x")
     with pytest.raises(RuntimeError, match="no readable checkpoint") as e: load_checkpoint(tmp_path, set_aside=False)
     assert "checkpoint_prev.pt: " in str(e.value) and "checkpoint_stage.pt: " in str(e.value) and "Start a fresh run" in str(e.value)
     # set_aside_stage: checkpoints since the stage began moved aside; the message names the stage's start
     d = tmp_path / "run"; d.mkdir()
     save_checkpoint(d, {"position": [1, 0, 0]}, stage_start=True); save_checkpoint(d, {"position": [1, 0, 5]})
-    assert set_aside_stage(d) == "the start of the stage at position (1, 0, 0)"
+    assert set_aside_stage(d) == "the start of iteration 2, stage 1"
     assert not (d / CHECKPOINT).exists() and not (d / BACKUP).exists() and torch.load(d / NONFINITE)["position"] == [1, 0, 5]
     assert torch.load(d / "checkpoint_prev_nonfinite.pt")["position"] == [1, 0, 0]
     e2 = tmp_path / "empty"; e2.mkdir()
@@ -727,7 +727,7 @@ def test_checkpointer_block_saves_are_not_stage_starts_and_a_full_disk_names_the
     monkeypatch.setattr(CK, "save_checkpoint", full)
     tr.step, tr.position = 3, (0, 0, 3)
     with pytest.raises(NoSpaceError) as e: cb.before_block(tr)
-    assert e.value.errno == 28 and e.value.strerror == f"No space left on device; the last good checkpoint is {tmp_path / CHECKPOINT} at position (0, 0, 2)"
+    assert e.value.errno == 28 and e.value.strerror == f"No space left on device; the last good checkpoint is {tmp_path / CHECKPOINT} at iteration 1, stage 1, after 2 steps"
     with pytest.raises(NoSpaceError) as e: Checkpointer(tmp_path / "new").save(tr)
     assert e.value.strerror == "No space left on device; no checkpoint was written yet"
 
