@@ -8,7 +8,7 @@ from dsb.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(num_iter=40, cache_refresh=20, checkpoint_every=20, cache_npar=200, batch_size=64, eval_npar=300,
-            cache_shards=2, data="moon", progress=False, plots=False, device="cpu")
+            cache_shards=2, data="moon", progress=False, plots=False, device="cpu", score_npar=0)
 
 
 def test_torchrun_two_processes_match_one(tmp_path):

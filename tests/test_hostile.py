@@ -7,7 +7,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(n_ipf=2, num_iter=200, cache_refresh=50, checkpoint_every=50, cache_npar=300, batch_size=64,
-            eval_npar=400, progress=False, plots=False, data="moon")
+            eval_npar=400, progress=False, plots=False, data="moon", score_npar=0)
 PLUGIN_TINY = {k: v for k, v in TINY.items() if k != "data"}     # `data` belongs to dataset='2d'
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
@@ -166,7 +166,9 @@ def test_ctrl_c_during_an_image_gif_leaves_no_file(tmp_path, monkeypatch):
         if len(calls) == 4: raise KeyboardInterrupt
         return real(*a, **k)
     monkeypatch.setattr(GifImagePlugin, "_write_frame_data", interrupted)
-    with pytest.raises(KeyboardInterrupt): gif_images(torch.rand(11, 64, 1, 8, 8), tmp_path, None)
+    from types import SimpleNamespace
+    ev = SimpleNamespace(pictures=lambda x: x)                      # an evaluation of pictures that need no decoding
+    with pytest.raises(KeyboardInterrupt): gif_images(torch.rand(11, 64, 1, 8, 8), tmp_path, ev)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -8,7 +8,7 @@ from dsb.trainer import describe_position
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(n_ipf=2, num_iter=200, cache_refresh=50, checkpoint_every=50, cache_npar=300, batch_size=64,
-            eval_npar=400, progress=False, plots=False, data="moon")
+            eval_npar=400, progress=False, plots=False, data="moon", score_npar=0)
 
 
 def _run_killed_when(tmp_path, name, params, ready, setup=""):

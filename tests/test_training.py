@@ -7,7 +7,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(n_ipf=2, num_iter=300, cache_refresh=50, checkpoint_every=50, cache_npar=300, batch_size=128,
-            eval_npar=400, progress=False, data="moon")
+            eval_npar=400, progress=False, data="moon", score_npar=0)
 
 
 def files_of(d):
