@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from .core import Registry, check_int, check_positive
 
 # %% auto #0
-__all__ = ['MODELS', 'timestep_embedding', 'MLP', 'ResidualMean', 'mlp', 'make_model']
+__all__ = ['PAPER_MLP_DIM', 'MODELS', 'timestep_embedding', 'MLP', 'ResidualMean', 'mlp_sizes', 'SkipMLP', 'mlp', 'make_model']
 
 # %% ../nbs/04_models.ipynb #49a49fab
 def _frequencies(dim: int, max_period: float) -> Tensor:
@@ -116,6 +116,30 @@ class ResidualMean(nn.Module):
         return x + drift.to(x.dtype)
 
 # %% ../nbs/04_models.ipynb #e43db97d
+PAPER_MLP_DIM = 8   # up to this dimension `mlp` is the paper's 2d MLP, unchanged
+
+def mlp_sizes(d: int) -> dict:
+    "The widths of the `mlp` model past `PAPER_MLP_DIM` dimensions: x-encoder 2d, code 2d (at least 64), decoder 4d (at least 256)."
+    return dict(temb_dim=max(32, d), encoder_layers=(max(64, 2 * d),), decoder_layers=(max(256, 4 * d),) * 2)
+
+class SkipMLP(nn.Module):
+    "`MLP` plus a linear path in x with a time-linear matrix: `net(x, t) + (A + t B) x + b`."
+    def __init__(self, zero_init_last: bool = False, # also zero the linear path (the drift parametrisation starts at the identity)
+                 **mlp): # `MLP`'s arguments (x_dim, temb_dim, encoder_layers, decoder_layers, ...)
+        super().__init__()
+        self.mlp = MLP(zero_init_last=zero_init_last, **mlp)
+        d = self.mlp.x_dim
+        self.linear, self.slope = nn.Linear(d, d), nn.Linear(d, d, bias=False)   # A and b; B
+        if zero_init_last:
+            for p in (self.linear.weight, self.linear.bias, self.slope.weight): nn.init.zeros_(p)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        "Evaluate at points `x` (B, x_dim) and normalised times `t`, shape (B,) or 0-dim."
+        h = self.mlp(x, t)                                                     # checks the shapes
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        return h + self.linear(x) + (t.unsqueeze(-1) if t.ndim else t) * self.slope(x)
+
+# %% ../nbs/04_models.ipynb #284fa100
 MODELS = Registry("model")
 
 @MODELS.register("mlp")
@@ -123,11 +147,12 @@ def mlp(cfg, # a run config (only the fields this model reads)
         shape: tuple, # shape of one sample; the MLP takes points (d,)
         zero_init_last: bool = False, # zero its last layer (the drift parametrisation starts at the identity)
        ) -> nn.Module:
-    "The paper's 2d `MLP` for points of shape `(d,)`."
+    "The paper's 2d `MLP` for points of shape `(d,)` up to d = `PAPER_MLP_DIM`; past that the wider `SkipMLP` of `mlp_sizes(d)`."
     if len(shape) != 1:
         raise ValueError(f"parameter model='mlp' takes points of shape (d,), but this data set's samples have shape {tuple(shape)}; "
                          f"choose a model registered for that shape")
-    return MLP(x_dim=shape[0], zero_init_last=zero_init_last)
+    if shape[0] <= PAPER_MLP_DIM: return MLP(x_dim=shape[0], zero_init_last=zero_init_last)
+    return SkipMLP(x_dim=shape[0], zero_init_last=zero_init_last, **mlp_sizes(shape[0]))
 
 def make_model(cfg, # a run config: reads `model`, `precision` and `channels_last`
                shape: tuple, # shape of one sample

@@ -28,7 +28,7 @@ from .models import MODELS
 from .trainer import (SOLVERS, SAMPLERS, Trainer, Callback, Progress, LossLogger, NonFiniteLossError, describe_position, sample, samplers_of,
                          check_sampler)
 from .checkpoint import Checkpointer, load_checkpoint, set_aside_stage, CHECKPOINT, BACKUP, STAGE
-from .config import Config, RESUMABLE, NOT_COMPARED, config_class, make_config, resume_config, import_plugins, check_run_name
+from .config import Config, RESUMABLE, NOT_COMPARED, SELECTORS, config_class, make_config, resume_config, import_plugins, check_run_name
 from .ipf import available_memory
 from .dsbm import COUPLINGS
 from .metrics import sliced_wasserstein, coupling_moments, PointScore
@@ -506,12 +506,20 @@ def _timeout_error(e: Exception, cfg, run_dir: Path = None, position=None) -> Co
                              f"of them has stopped, hung or fallen that far behind, so this process stops too. The checkpoints "
                              f"written so far are kept.{again} (Raise timeout_s if a process is legitimately that slow.)")
 
+def _call_config(given: dict):
+    "The config of a call; a resume's saved data set, model and solver stand for those not given, so its options are checked against the run's own."
+    if given.get("resume"):
+        try: saved, _ = read_config(given["resume"], say=lambda _: None)
+        except ValueError: saved = {}                  # `_train` says what is wrong with the folder
+        given = {**{k: saved[k] for k in SELECTORS if k in saved and k not in given}, **given}
+    return make_config(**given)
+
 def train(config=None, # a config (`make_config`); its fields that differ from the defaults count as given
           **params, # parameters, as `make_config` takes them (they win over `config`'s)
          ) -> Bridge:
     "Train a bridge as configured (or resume one) in its own run directory, and return it. Under `torchrun`, one process of many."
     given = _given(config, params)
-    cfg = make_config(**given)
+    cfg = _call_config(given)
     owns_group = init_distributed(cfg.device, cfg.timeout_s)
     threads = torch.get_num_threads()
     try: return _train(cfg, given)

@@ -53,6 +53,8 @@ def test_resume_extends_a_finished_lightsb_run(tmp_path, full):
     first = run(**{**TINY, "n_ipf": 1}, out_dir=str(tmp_path), run_name="r")
     with pytest.raises(ValueError, match="n_components=3 differs from the run being resumed"):
         run(resume=first["run_dir"], solver="lightsb", n_components=3)          # K is the potential's shape: not resumable
+    with pytest.raises(ValueError, match="n_components=3 differs from the run being resumed"):
+        run(resume=first["run_dir"], n_components=3)     # checked against the run's own solver (not the default 'dsb': issue 23)
     _same_result(run(resume=first["run_dir"], n_ipf=2), full)
 
 
