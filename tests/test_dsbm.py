@@ -1,9 +1,10 @@
 "The DSBM solver and the probability-flow sampler through the runner: 2d, Gaussian, transfer and image runs, papermill, kill-and-resume, bad parameters, exactness of the ODE."
-import json, os, signal, subprocess, sys, time
+import json, subprocess, sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import killed_run, position
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(solver="dsbm", n_ipf=2, num_iter=100, cache_refresh=25, checkpoint_every=25, cache_npar=200, batch_size=64,
@@ -58,18 +59,7 @@ def test_dsbm_run_logs_both_samplers_and_learns(full):
 def test_killed_dsbm_run_resumes_bitwise(tmp_path, full):
     "SIGKILL after a mid-stage checkpoint; the resumed run ends exactly like the uninterrupted one."
     from dsb.run import run
-    from dsb.checkpoint import load_checkpoint
-    name = "killed"
-    code = f"from dsb.run import run\nrun(**{TINY!r}, out_dir={str(tmp_path)!r}, run_name={name!r})"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    run_dir, deadline = tmp_path / name, time.time() + 300
-    ready = lambda: (run_dir / "checkpoint.pt").exists() and load_checkpoint(run_dir)["position"] >= [0, 1, 25]
-    try:
-        while time.time() < deadline and proc.poll() is None and not ready(): time.sleep(0.01)
-        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-800:]
-        os.kill(proc.pid, signal.SIGKILL)
-    finally: proc.wait()
-    assert not (run_dir / "metrics.json").exists()
+    run_dir = killed_run(tmp_path, "killed", TINY, lambda d: (position(d / "checkpoint.pt") or (0,)) >= (0, 1, 25))
     _same_result(run(resume=str(run_dir)), full)
 
 

@@ -1,47 +1,15 @@
 "Issue 19, replayed: a lock on the run directory, atomic GIFs, memory bounds, probed data sets, a read-only `load`, named config errors."
-import json, os, re, shlex, signal, socket, subprocess, sys, textwrap, time
+import json, os, re, shlex, socket, subprocess, sys, textwrap, time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import ENV, killed_run, position, start_python, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(n_ipf=2, num_iter=200, cache_refresh=50, checkpoint_every=50, cache_npar=300, batch_size=64,
             eval_npar=400, progress=False, plots=False, data="moon", score_npar=0)
 PLUGIN_TINY = {k: v for k, v in TINY.items() if k != "data"}     # `data` belongs to dataset='2d'
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
-def _start(tmp_path, code, name):
-    "A Python subprocess running `code` (stdout and stderr to files in tmp_path)."
-    out, err = open(tmp_path / f"{name}.out", "w"), open(tmp_path / f"{name}.err", "w")
-    return subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=err, env=ENV, cwd=tmp_path)
-
-
-def _wait_for(cond, proc=None, timeout=300, what="the condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond(): return
-        if proc is not None and proc.poll() is not None: raise AssertionError(f"the process ended before {what}")
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _killed_run(tmp_path, name, params, ready, setup=""):
-    "Start `run(**params)` in a subprocess and SIGKILL it as soon as `ready(run_dir)`; return the run directory."
-    code = f"{setup}\nfrom dsb.run import run\nrun(**{params!r}, out_dir={str(tmp_path)!r}, run_name={name!r})"
-    proc, run_dir = _start(tmp_path, code, name), tmp_path / name
-    try: _wait_for(lambda: run_dir.exists() and ready(run_dir), proc, what=f"{name} to be ready to kill")
-    finally:
-        if proc.poll() is None: os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL and not (run_dir / "metrics.json").exists()
-    return run_dir
-
-
-def _position(path):
-    try: return tuple(torch.load(path, weights_only=True)["position"])
-    except Exception: return None
 
 
 def _files(d):
@@ -60,14 +28,14 @@ def full(tmp_path_factory):
 # ---- 1. two resumes of one run directory: the second is refused at once, the first ends like an uninterrupted run
 
 def test_second_resume_is_refused_at_once_and_the_first_finishes(tmp_path, full):
-    run_dir = _killed_run(tmp_path, "r", TINY, lambda d: (_position(d / "checkpoint.pt") or (0,)) >= (0, 1, 0))
+    run_dir = killed_run(tmp_path, "r", TINY, lambda d: (position(d / "checkpoint.pt") or (0,)) >= (0, 1, 0))
     resume = f"from dsb.run import run\nrun(resume={str(run_dir)!r})"
-    first = _start(tmp_path, resume, "first")
+    first = start_python(tmp_path, resume, "first")
     try:
         def holder():
             try: return json.loads((run_dir / "run.lock").read_text())["pid"]
             except (OSError, ValueError, KeyError): return None
-        _wait_for(lambda: holder() == first.pid, first, 120, "the first resume to lock the run")   # (the killed run's lock is stale)
+        wait_for(lambda: holder() == first.pid, first, 120, "the first resume to lock the run")   # (the killed run's lock is stale)
         t0 = time.time()
         second = subprocess.run([sys.executable, "-c", resume], capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=120)
         assert second.returncode != 0
@@ -85,7 +53,7 @@ def test_second_resume_is_refused_at_once_and_the_first_finishes(tmp_path, full)
 def test_stale_lock_of_a_killed_run_is_taken_over(tmp_path, full, capsys):
     "A run killed with SIGKILL leaves run.lock naming a process that is gone: the resume takes it over and says so."
     from dsb.run import run
-    run_dir = _killed_run(tmp_path, "k", TINY, lambda d: (d / "checkpoint.pt").exists())
+    run_dir = killed_run(tmp_path, "k", TINY, lambda d: (d / "checkpoint.pt").exists())
     stale = json.loads((run_dir / "run.lock").read_text())
     assert stale["host"] == socket.gethostname() and not os.path.exists(f"/proc/{stale['pid']}")
     assert run(resume=str(run_dir))["sw2_data"] == full[0]["sw2_data"]
@@ -98,9 +66,9 @@ def test_a_lock_removed_by_hand_stops_the_first_writer(tmp_path, full):
     from dsb.core import RunLock
     from dsb.run import run
     code = f"from dsb.run import run\nrun(**{dict(TINY, checkpoint_every=50)!r}, out_dir={str(tmp_path)!r}, run_name='r')"
-    first, run_dir = _start(tmp_path, code, "first"), tmp_path / "r"
+    first, run_dir = start_python(tmp_path, code, "first"), tmp_path / "r"
     try:
-        _wait_for(lambda: (run_dir / "checkpoint.pt").exists(), first, what="the first checkpoint")
+        wait_for(lambda: (run_dir / "checkpoint.pt").exists(), first, what="the first checkpoint")
         (run_dir / "run.lock").unlink()
         with RunLock(run_dir):                               # a second writer takes the folder meanwhile
             assert first.wait(timeout=300) != 0               # the first stops at its next checkpoint
@@ -147,9 +115,8 @@ def test_kill_during_the_gif_leaves_no_cut_short_gif_and_the_resume_writes_it(tm
     from PIL import Image
     from dsb.run import run
     mark = tmp_path / "in-gif"
-    monkeypatch.setitem(ENV, "MARK", str(mark))
     kw = {**TINY, "n_ipf": 1, "plots": True}
-    run_dir = _killed_run(tmp_path, "g", kw, lambda d: mark.exists(), GIF_KILL)
+    run_dir = killed_run(tmp_path, "g", kw, lambda d: mark.exists(), GIF_KILL, env={"MARK": str(mark)})
     assert not (run_dir / "bridge.gif").exists()                    # the kill came after 9 of 21 frames: no partial GIF
     run(resume=str(run_dir))
     with Image.open(run_dir / "bridge.gif") as im: assert im.n_frames == 21
@@ -251,7 +218,7 @@ def test_load_of_a_damaged_run_changes_nothing(tmp_path, capsys):
     d = Path(s["run_dir"])
     (d / "checkpoint.pt").write_bytes(b"cut short")
     before = _files(d)
-    prev = _position(d / "checkpoint_prev.pt")
+    prev = position(d / "checkpoint_prev.pt")
     assert load(d).trainer.position == prev
     out = capsys.readouterr().out
     assert "checkpoint.pt is unreadable" in out and "no file was changed" in out and "resuming" not in out
@@ -265,7 +232,7 @@ def test_load_from_a_read_only_filesystem(tmp_path):
         s = run(**{**TINY, "n_ipf": 1, "num_iter": 100}, out_dir=str(disk), run_name="r")
         d = Path(s["run_dir"])
         (d / "checkpoint.pt").write_bytes(b"cut short")
-        prev = _position(d / "checkpoint_prev.pt")
+        prev = position(d / "checkpoint_prev.pt")
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         assert load(d).trainer.position == prev                      # the backup, read where it is
         with pytest.raises(OSError, match="cannot lock the run directory .* for writing"): run(resume=str(d))

@@ -1,28 +1,15 @@
 "Runs that survive anything: typos, resume with changes, kills before and inside checkpoint writes, full disks, damaged or foreign checkpoints."
-import json, os, re, signal, subprocess, sys, time
+import json, os, re, subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from dsb.trainer import describe_position
+from conftest import killed_run
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(n_ipf=2, num_iter=200, cache_refresh=50, checkpoint_every=50, cache_npar=300, batch_size=64,
             eval_npar=400, progress=False, plots=False, data="moon", score_npar=0)
-
-
-def _run_killed_when(tmp_path, name, params, ready, setup=""):
-    "Start `run(**params)` in a subprocess, SIGKILL it as soon as `ready(run_dir)` holds; return the run directory."
-    code = f"{setup}\nfrom dsb.run import run\nrun(**{params!r}, out_dir={str(tmp_path)!r}, run_name={name!r})"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    run_dir, deadline = tmp_path / name, time.time() + 300
-    try:
-        while time.time() < deadline and proc.poll() is None and not (run_dir.exists() and ready(run_dir)): time.sleep(0.01)
-        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-800:]
-        os.kill(proc.pid, signal.SIGKILL)
-    finally: proc.wait()
-    assert proc.returncode == -signal.SIGKILL and not (run_dir / "metrics.json").exists()
-    return run_dir
 
 
 def _same_result(a: dict, b: dict):
@@ -38,7 +25,7 @@ def full(tmp_path_factory):
 
 def test_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_path, full):
     from dsb.run import run
-    run_dir = _run_killed_when(tmp_path, "early", TINY, lambda d: (d / "metrics.jsonl").exists())
+    run_dir = killed_run(tmp_path, "early", TINY, lambda d: (d / "metrics.jsonl").exists())
     assert not (run_dir / "checkpoint.pt").exists() and not (run_dir / "checkpoint_prev.pt").exists()
     _same_result(run(resume=str(run_dir)), full)
 
@@ -51,9 +38,7 @@ def test_sigkill_inside_the_checkpoint_write(tmp_path, full):
              "    if count[0] == 4: pathlib.Path(os.environ['MARK']).touch(); time.sleep(60)\n"
              "os.fsync = slow_fsync")
     mark = tmp_path / "in-write"
-    os.environ["MARK"] = str(mark)
-    try: run_dir = _run_killed_when(tmp_path, "inwrite", TINY, lambda d: mark.exists(), setup)
-    finally: del os.environ["MARK"]
+    run_dir = killed_run(tmp_path, "inwrite", TINY, lambda d: mark.exists(), setup, env={"MARK": str(mark)})
     assert list(run_dir.glob("checkpoint.pt.*.tmp"))          # the kill came inside the write (a temporary name of its own)
     resumed = run(resume=str(run_dir))
     _same_result(resumed, full)

@@ -1,9 +1,10 @@
 "Training end to end: papermill smoke run, bad parameters, SIGKILL and resume, NaN loss, damaged checkpoints."
-import json, os, re, signal, subprocess, sys, time
+import json, re, subprocess, sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import killed_run, position
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(n_ipf=2, num_iter=300, cache_refresh=50, checkpoint_every=50, cache_npar=300, batch_size=128,
@@ -64,28 +65,10 @@ def test_bad_parameters_fail_before_any_output(tmp_path, params, match):
     assert not (tmp_path / "runs").exists()
 
 
-def _position(ckpt):
-    try: return tuple(torch.load(ckpt, weights_only=True)["position"])
-    except Exception: return None
-
-
 def test_sigkill_and_resume_gives_the_same_metrics(tmp_path):
     from dsb.run import run
     full = run(**TINY, out_dir=str(tmp_path), run_name="full")
-    code = f"from dsb.run import run; run(**{TINY!r}, out_dir={str(tmp_path)!r}, run_name='killed')"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ckpt, deadline, pos = tmp_path / "killed" / "checkpoint.pt", time.time() + 300, None
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            pos = _position(ckpt) if ckpt.exists() else None
-            if pos is not None and pos >= (1, 0, 100): break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read().decode()[-500:]
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    assert not (tmp_path / "killed" / "metrics.json").exists()   # it really died mid-run
+    killed_run(tmp_path, "killed", TINY, lambda d: (position(d / "checkpoint.pt") or (0,)) >= (1, 0, 100))   # mid-run, in iteration 2
     resumed = run(resume=str(tmp_path / "killed"), progress=False)
     for k in ("sw2_data", "sw2_prior", "sw2_floor", "steps"): assert resumed[k] == full[k], k
     log = lambda d: (tmp_path / d / "metrics.jsonl").read_text()
@@ -106,7 +89,7 @@ def test_nan_loss_stops_with_position_and_restarts_its_stage(tmp_path, monkeypat
         run(**TINY, out_dir=str(tmp_path), run_name="nan")
     assert "a resume restarts from the start of iteration 1, stage 2" in str(e.value)
     assert "-p lr 0.0001 -p grad_clip 1.0" in str(e.value)
-    assert _position(tmp_path / "nan" / "checkpoint_nonfinite.pt") == (0, 1, 100)     # kept, not deleted
+    assert position(tmp_path / "nan" / "checkpoint_nonfinite.pt") == (0, 1, 100)     # kept, not deleted
     monkeypatch.setattr(dsb.ipf, "build_cache", real)
     resumed = run(resume=str(tmp_path / "nan"), lr=1e-4, grad_clip=1.0)     # the advice, followed: the changes apply
     assert resumed["steps"] == 2 * 2 * 300
