@@ -527,14 +527,18 @@ def train(config=None, # a config (`make_config`); its fields that differ from t
     given = _given(config, params)
     cfg = _call_config(given)
     owns_group = init_distributed(cfg.device, cfg.timeout_s)
-    threads = torch.get_num_threads()
-    try: return _train(cfg, given)
+    threads, done = torch.get_num_threads(), False
+    try:
+        bridge = _train(cfg, given); done = True
+        return bridge
     except RuntimeError as e:
         if not (_several() and is_timeout(e)) or "timeout_s=" in str(e): raise
         raise _timeout_error(e, cfg) from None
     finally:
         torch.set_num_threads(threads)
-        if owns_group: torch.distributed.destroy_process_group()
+        if owns_group:
+            if done and _several(): torch.distributed.barrier()   # no process tears the group down while another still uses it
+            torch.distributed.destroy_process_group()
 
 def run(config=None, **params) -> dict:
     "`train`, returning the run's final metrics (what `metrics.json` holds)."

@@ -22,6 +22,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
         a = run(**tiny, n_ipf=1, out_dir={str(tmp_path)!r}, run_name="two")
         b = run(resume=a["run_dir"], n_ipf=2)
         open(f"{str(tmp_path)}/result{{dist.get_rank()}}.json", "w").write(json.dumps(b))
+        dist.barrier()                      # both done with the group before either tears it down
         dist.destroy_process_group()
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
