@@ -598,4 +598,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)  # rows appear as they finish, also when the output goes to a file
     main()
