@@ -273,3 +273,17 @@ for _name, _extra in {"mnist": dict(num_steps=30, n_ipf=20, cache_npar=1000, cac
                       "celeba": dict(num_steps=50, n_ipf=20, cache_npar=300, num_iter=50000)}.items():
     preset("dsbm", _name, "The DSB paper's image schedule and optimiser for this data set (DSB's preset without mean matching). "
            "Not measured here (no GPU).", **{**PAPER_IMAGES, **_extra})
+
+# %% ../nbs/11_dsbm.ipynb #5720b5ec
+preset("dsbm", "eot_mixture", """The mixture benchmark (`13_eot`) with the points preset's horizon T = 0.2 (the kernel LightSB is scored
+with: one problem for the solver table), lr, batch, grid and pairs, but 6 IMF iterations of 2 x 500 steps in place of 2 x 2 x
+2,200. The error is in the coupling, not the marginal: at d = 16 the generated end's Gaussian-fit BW2-UVP is 0.08-0.12 %
+(0.05 % between two data samples) while cBW2-UVP falls by about a third per IMF iteration (2 x 2,200 steps per iteration:
+25.5 / 15.0 / 9.9 / 6.5 % after iterations 1-4, 593 CPU s); longer stages buy little (2 x 500 steps: 14.4 / 5.9 % after
+iterations 2 / 4, in 67 / 136 CPU s). Measured (`python bench/eot_dsbm.py <d> every=2 n_ipf=<n> num_iter=500`, one thread,
+training CPU s; floors of 1,000 exact draws at 64 points 0.16 % and 0.50 %): d = 16 1.32 +- 0.32 % after 6 iterations in
+198 CPU s (seed 0; seed 1: 1.33 +- 0.38 % in 202, the solver table's score of that run 1.42 +- 0.41 %), 0.83 % after 8 in
+262; d = 64 31.9 +- 6.1 % after 6 in 329 CPU s (seed 0), and the loss diverged in iteration 7. At d = 64 IMF itself is
+slow: exact IMF on the pair's Gaussian moment-match is 5.0 % off after 4 iterations, 1.2 % after 8, and the mixture converges
+more slowly than its moment-match. Rows: bench/results/2026-12-06_eot_dsbm_levers.json.""",
+       n_ipf=6, num_iter=500);
