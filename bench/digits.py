@@ -3,9 +3,10 @@
 training seeds, scored by the digit classifier next to the real-digit floor. Writes, to bench/results/ (kept in the
 repository), stamped with date, machine, thread count and commit:
 
-    <dataset>_<solver>_<device>.json        per seed: CPU seconds, wall seconds, final scores, the score after every
-                                            iteration (the curve); over the seeds: mean, standard deviation, min, max
-    <dataset>_<solver>_<device>_grid.png    100 samples of the first seed's bridge
+    <dataset>_<solver>_<device>.json        per seed: CPU seconds, wall seconds, final scores, the score at every
+                                            evaluation of the run (its metrics.jsonl: the curve); over the seeds: mean,
+                                            standard deviation, min, max
+    <dataset>_<solver>_<device>_grid.png    100 samples of the lowest seed's bridge
     <dataset>_<solver>_<device>_chain.png   the denoising chain of 8 samples, as a strip (prior on the left)
 
     python bench/digits.py                                  # `-p dataset digits` as a user gets it (its default solver), seed 0
@@ -15,6 +16,11 @@ repository), stamped with date, machine, thread count and commit:
     python bench/digits.py -p n_ipf 2 --tag short           # any Config parameter; --tag names the files <...>_<tag>
     python bench/digits.py --figures                        # the curves of both solvers from their JSON files (no training)
     python bench/digits.py --quick                          # a tiny budget, to check the script (writes nothing)
+
+Seeds add up: when the JSON file exists and holds the same configuration (and thread count), the seeds of this run
+join (or replace, seed by seed) those it holds, and the summary covers them all, so `--seeds 0 1` then `--seeds 2`
+gives the 3-seed file. A file of another configuration is not overwritten: the script stops and names it (give
+--tag or --out, or --replace to overwrite it).
 
 Time is counted as the CPU seconds of this process (time.process_time) on --threads threads (default 1): on a
 machine shared with other jobs they measure the work, where wall time measures the neighbours too. On an idle
@@ -30,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dsb.config import make_config          # noqa: E402
-from dsb.core import derive_seed            # noqa: E402
+from dsb.core import derive_seed, get_device   # noqa: E402
 from dsb.run import train                    # noqa: E402
 
 QUICK = dict(n_ipf=1, num_iter=20, cache_refresh=10, cache_npar=50, eval_npar=400)
@@ -71,19 +77,28 @@ def decoded(bridge, x):
     return x if bridge.data.decode is None else bridge.data.decode(x)
 
 
+def now() -> str: return datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+
+
+def evaluations(metrics_jsonl: Path, steps_per_iteration: int) -> list:
+    "The curve of a run: every evaluation record of its metrics.jsonl (the iteration, the optimiser steps so far, each score)."
+    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    return [{"iteration": r["eval"], "steps": r["eval"] * steps_per_iteration,
+             **{k: r[k] for k in r if k.startswith(("digit_", "sw2_", "transfer_")) and not k.endswith("_floor")}}
+            for r in rows if "eval" in r]
+
+
 def run_seed(dataset: str, params: dict, seed: int, threads: int) -> tuple:
     "Train one seed in a temporary run directory; its record (CPU and wall seconds, scores, curve) and the bridge."
     torch.set_num_threads(threads)
     c0, w0 = time.process_time(), time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         bridge = train(dataset=dataset, **params, seed=seed, out_dir=tmp, run_name="bench", progress=False, plots=False)
-    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+        cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+        curve = evaluations(bridge.run_dir / "metrics.jsonl", bridge.solver.n_stages * bridge.config.num_iter)
     m = bridge.metrics
-    per_it = bridge.solver.n_stages * bridge.config.num_iter
-    curve = [{"iteration": r["eval"], "steps": r["eval"] * per_it, **{k: r[k] for k in SCORES if k in r}}
-             for r in bridge.history if "eval" in r]
     rec = {"seed": seed, "cpu_s": cpu, "wall_s": wall, **{k: m[k] for k in m if k.startswith(("digit_", "sw2_", "transfer_"))},
-           "curve": curve}
+           "date": now(), "commit": commit(), "curve": curve}
     print(f"seed {seed}: {cpu:.0f} CPU s ({wall:.0f} s wall), " + ", ".join(f"{k} {m[k]:.4g}" for k in SCORES if k in m), flush=True)
     return rec, bridge
 
@@ -95,18 +110,20 @@ def strip(bridge, n: int = 8, columns: int = 11, seed: int = 95):
     return decoded(bridge, path[idx].flatten(0, 1)).unflatten(0, (columns, n)).transpose(0, 1), idx.tolist()
 
 
-def figures(stem: Path, bridge, result: dict, n_grid: int = 100):
+def figures(stem: Path, bridge, result: dict, rec: dict, n_grid: int = 100):
+    "The grid and the chain of one seed's bridge (`rec`: that seed's record), its own scores under the grid."
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from dsb.plots import image_grid
-    s, f = result["summary"], result["floors"]
+    f = result["floors"]
     x = decoded(bridge, bridge.sample(n_grid, seed=derive_seed(bridge.config.seed, 94))).cpu()
     fig, ax = plt.subplots(figsize=(4.2, 4.9), dpi=72)
-    cpu = s["cpu_s"]["mean"] / 60
-    image_grid(x, nrow=10, ax=ax, title=f"{result['solver']} on {result['dataset']}, {cpu:.1f} CPU min (1 thread)")
-    score = (f"digit FD {s['digit_fd']['mean']:.2f} ± {s['digit_fd']['std']:.2f} (floor {f['digit_fd']:.2f}), "
-             f"confidence {s['digit_confidence']['mean']:.3f} ({f['digit_confidence']:.3f})" if "digit_fd" in s else "")
-    fig.text(0.5, 0.02, f"{score}\n{len(result['seeds'])} seed(s); {result['date']}, commit {result['commit']}", ha="center", fontsize=7)
+    threads = result["threads"]
+    image_grid(x, nrow=10, ax=ax, title=f"{result['solver']} on {result['dataset']}, {rec['cpu_s'] / 60:.1f} CPU min ({threads} thread{'s' * (threads > 1)})")
+    score = (f"digit FD {rec['digit_fd']:.2f} (floor {f['digit_fd']:.2f}), "
+             f"confidence {rec['digit_confidence']:.3f} ({f['digit_confidence']:.3f})" if "digit_fd" in rec else "")
+    fig.text(0.5, 0.02, f"seed {rec['seed']}: {score}\n{rec.get('date', result['date'])}, commit {rec.get('commit', result['commit'])}",
+             ha="center", fontsize=7)
     fig.subplots_adjust(bottom=0.12, top=0.93, left=0.02, right=0.98)
     fig.savefig(f"{stem}_grid.png"); plt.close(fig)
     states, idx = strip(bridge)
@@ -139,21 +156,56 @@ def curves_figure(dataset: str, out: Path, device: str = "cpu"):
     print("wrote", path)
 
 
-def summarise(args, argv, cfg, bridge, records: list, out: Path) -> dict:
-    "The result of the seeds trained so far: printed, and (not --quick) written with the first seed's figures."
-    device = str(bridge.device).split(":")[0]
-    keys = [k for k in records[0] if k.startswith(("digit_", "sw2_", "transfer_")) and not k.endswith("_floor")] + ["cpu_s", "wall_s"]
-    result = {"dataset": args.dataset, "solver": cfg.solver, "device": str(bridge.device),
-              "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine(args.threads), "threads": args.threads,
-              "commit": commit(), "command": "python bench/digits.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+COMPARED_OUT = ("out_dir", "run_name", "resume", "progress", "plots", "seed")   # not part of what a file's seeds share
+
+
+def differences(old: dict, new: dict) -> dict:
+    "{name: (old, new)} of the parameters both configs name and set differently (a parameter added since is not compared)."
+    return {k: (old[k], new[k]) for k in old.keys() & new.keys() if old[k] != new[k]}
+
+
+def existing(path: Path, dataset: str, solver: str, threads: int, config: dict, replace: bool) -> dict | None:
+    """The results file at `path` this run's seeds join: None when there is none (or `replace`); a file of another
+    configuration, thread count or data set stops the script, naming what differs and how to keep both."""
+    if replace or not path.exists(): return None
+    old = json.loads(path.read_text())
+    diff = differences(old.get("config", {}), config)
+    if old.get("threads", 1) != threads: diff["threads"] = (old.get("threads", 1), threads)
+    for k, v in (("dataset", dataset), ("solver", solver)):
+        if old.get(k) != v: diff[k] = (old.get(k), v)
+    if "seeds" not in old: diff["format"] = ("no seeds", "seeds")
+    if diff:
+        raise SystemExit(f"{path} holds seeds {[r['seed'] for r in old.get('seeds', [])]} of another run (differs in: "
+                         + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
+                         + "); it is not overwritten: give --tag NAME or --out DIR for these seeds, or --replace to overwrite it")
+    return old
+
+
+def merged(old: dict | None, result: dict) -> dict:
+    "`result` with the seeds of the file `old` (as it was before this run) that it does not replace, and the file's commands kept."
+    if old is None: return result
+    new_seeds = {r["seed"] for r in result["seeds"]}
+    kept = [r for r in old["seeds"] if r["seed"] not in new_seeds]
+    old_cmd = old["command"] if "(" in old["command"] else f"{old['command']} ({old['date']}, commit {old['commit']})"
+    return {**result, "command": f"{old_cmd}; {result['command']} ({result['date']}, commit {result['commit']})",
+            "seeds": sorted(kept + result["seeds"], key=lambda r: r["seed"])}
+
+
+def summarise(args, argv, cfg, device: str, records: list, stem: Path, old: dict | None) -> dict:
+    "The result of the seeds trained so far, with those of the file `old` they join: printed, and (not --quick) written."
+    result = {"dataset": args.dataset, "solver": cfg.solver, "device": device, "date": now(), "machine": machine(args.threads),
+              "threads": args.threads, "commit": commit(),
+              "command": "python bench/digits.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "time": "CPU seconds of the process (time.process_time), one training seed at a time",
-              "config": {k: v for k, v in vars(cfg).items() if k not in ("out_dir", "run_name", "resume", "progress", "plots", "seed")},
-              "summary": {k: spread([r[k] for r in records if k in r]) for k in keys},
-              "floors": {k[:-len("_floor")]: records[0][k] for k in records[0] if k.endswith("_floor")},
-              "seeds": records}
+              "config": {k: v for k, v in vars(cfg).items() if k not in COMPARED_OUT}, "seeds": records}
+    result = merged(old, result)
+    records = result["seeds"]
+    keys = [k for k in records[0] if k.startswith(("digit_", "sw2_", "transfer_")) and not k.endswith("_floor")] + ["cpu_s", "wall_s"]
+    result["summary"] = {k: spread([r[k] for r in records if k in r]) for k in keys}
+    result["floors"] = {k[:-len("_floor")]: records[0][k] for k in records[0] if k.endswith("_floor")}
     shown = [k for k in ("digit_fd", "digit_confidence", "digit_entropy", "transfer_labels_kept", "transfer_labels_untransferred",
                          "cpu_s", "wall_s") if k in result["summary"]]
-    result["title"] = f"{args.dataset}, {cfg.solver}: {len(records)} training seed(s) on {device}"
+    result["title"] = f"{args.dataset}, {cfg.solver}: {len(records)} training seed(s) on {device.split(':')[0]}"
     result["note"] = ("Digit score of the samples (FD: Frechet distance in the digit classifier's features; confidence: mean max "
                       "probability) against real unseen digits: " + ", ".join(f"{k} floor {v:.4g}" for k, v in result["floors"].items()
                                                                                   if k in ("digit_fd", "digit_confidence", "digit_entropy"))
@@ -161,16 +213,13 @@ def summarise(args, argv, cfg, bridge, records: list, out: Path) -> dict:
     result["rows"] = ([{"seed": r["seed"], **{k: r[k] for k in shown}} for r in records]
                       + [{"seed": stat, **{k: result["summary"][k][stat] for k in shown}} for stat in ("mean", "std")])
     s, f = result["summary"], result["floors"]
-    print(f"{'':<18} {'mean':>9} {'std':>7} {'floor':>8} {'ratio':>6}")
+    print(f"{len(records)} seed(s) {[r['seed'] for r in records]}\n{'':<18} {'mean':>9} {'std':>7} {'floor':>8} {'ratio':>6}")
     for k in ("digit_fd", "digit_confidence", "digit_entropy"):
         if k in s: print(f"{k:<18} {s[k]['mean']:9.4f} {s[k]['std']:7.4f} {f[k]:8.4f} {s[k]['mean'] / f[k]:6.3f}")
     print(f"{'cpu_s':<18} {s['cpu_s']['mean']:9.1f} {s['cpu_s']['std']:7.1f}", flush=True)
-    if args.quick: return result
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{args.dataset}_{cfg.solver}_{device}{'_' + args.tag if args.tag else ''}"
-    if len(records) == 1: figures(stem, bridge, result)
-    Path(f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    print("wrote", f"{stem}.json" + (f", {stem}_grid.png, {stem}_chain.png" if len(records) == 1 else ""), flush=True)
+    if not args.quick:
+        Path(f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+        print("wrote", f"{stem}.json", flush=True)
     return result
 
 
@@ -185,17 +234,29 @@ def main(argv=None):
     ap.add_argument("--tag", default="", help="suffix of the file names")
     ap.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="a Config parameter")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder of the results")
+    ap.add_argument("--replace", action="store_true", help="overwrite a results file of another configuration (default: stop)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.figures: return curves_figure(args.dataset, out)
     params = {**(QUICK if args.quick else {}), **{k: value(v) for k, v in args.p}}
     if args.solver: params["solver"] = args.solver
     cfg = make_config(dataset=args.dataset, **params)
-    records, bridge = [], None
+    device = str(get_device(cfg.device))
+    stem = out / f"{args.dataset}_{cfg.solver}_{device.split(':')[0]}{'_' + args.tag if args.tag else ''}"
+    old = None
+    if not args.quick:                                             # a file of another configuration: stop before training
+        out.mkdir(parents=True, exist_ok=True)
+        old = existing(Path(f"{stem}.json"), args.dataset, cfg.solver, args.threads,
+                       {k: v for k, v in vars(cfg).items() if k not in COMPARED_OUT}, args.replace)
+        if old: print(f"{stem.name}.json: these seeds join its seeds {[r['seed'] for r in old['seeds']]} (same configuration)", flush=True)
+    records, result = [], None
     for seed in args.seeds:
-        rec, b = run_seed(args.dataset, params, seed, args.threads)
-        records.append(rec); bridge = bridge or b
-        result = summarise(args, argv, cfg, bridge, records, out)     # written after every seed: a cut run keeps what it measured
+        rec, bridge = run_seed(args.dataset, params, seed, args.threads)
+        records.append(rec)
+        result = summarise(args, argv, cfg, device, records, stem, old)    # written after every seed: a cut run keeps what it measured
+        if not args.quick and seed == result["seeds"][0]["seed"]:      # the lowest seed of the file draws its figures
+            figures(stem, bridge, result, rec)
+            print("wrote", f"{stem}_grid.png, {stem}_chain.png", flush=True)
     return result
 
 

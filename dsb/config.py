@@ -24,8 +24,8 @@ import dsb.unet, dsb.images, dsb.ipf, dsb.dsbm, dsb.lightsb, dsb.eot  # noqa: F4
 
 # %% auto #0
 __all__ = ['SELECTORS', 'Config', 'RESUMABLE', 'NOT_COMPARED', 'RunOptions', 'owners', 'config_class', 'parameter_docs',
-           'check_names', 'import_plugins', 'preset_params', 'presets_of', 'check_run_name', 'make_config',
-           'parameters_cell', 'injected_names', 'notebook_params', 'resume_config']
+           'check_names', 'import_plugins', 'default_solver', 'solver_note', 'preset_params', 'presets_of',
+           'check_run_name', 'make_config', 'parameters_cell', 'injected_names', 'notebook_params', 'resume_config']
 
 # %% ../nbs/20_config.ipynb #17f50785
 @dataclass
@@ -35,7 +35,7 @@ class RunOptions(Options):
     mean_final: float = 0.0        # mean of the prior N(mean_final, var_final I), also the reference's target
     var_final: float = 1.0         # variance of the prior
     model: str = "mlp"             # network, a name in dsb.models.MODELS: 'mlp' (the paper's 2d model) or 'unet'
-    solver: str = "dsb"            # training method, a name in dsb.trainer.SOLVERS: 'dsb' (IPF with mean matching) or 'dsbm' (bridge matching)
+    solver: str = "dsb"            # training method, a name in dsb.trainer.SOLVERS: 'dsb' (IPF with mean matching) or 'dsbm' (bridge matching); not given: the data set's own if it names one (digits: 'dsbm'), else 'dsb'
     sampler: str = "sde"           # sampler of the plots and the GIF, a name in dsb.trainer.SAMPLERS: 'sde' or 'ode' (probability flow)
     ode_steps: int = 0             # Euler steps of the probability-flow ODE (0: the chain's num_steps; 'dsb' allows only that)
     num_steps: int = 20            # N, steps of the chain
@@ -161,6 +161,18 @@ def import_plugins(plugins: str) -> None:
                              f"e.g. a file my_data.py in the working directory or on PYTHONPATH as 'my_data'") from None
 
 # %% ../nbs/20_config.ipynb #4b2ae8bc
+def default_solver(dataset: str) -> str:
+    "The solver of a run on `dataset` that names none: the one the data set is registered with (`solver=`), else the field's default."
+    check_one_of("parameter dataset", dataset, DATASETS)
+    return DATASETS.info(dataset).get("solver") or RunOptions.solver
+
+def solver_note(cfg, given: dict) -> str:
+    "One line for the top of a run: its solver, and why (given by the user, the data set's own, or the default)."
+    if "solver" in given: return f"solver={cfg.solver!r}: given"
+    if DATASETS.info(cfg.dataset).get("solver"):
+        return f"solver={cfg.solver!r}: the solver data set {cfg.dataset!r} names (measured better on it); -p solver <name> for another"
+    return f"solver={cfg.solver!r}: the default"
+
 def preset_params(dataset: str, solver: str) -> dict:
     "The defaults a run of `solver` on `dataset` gets before the user's parameters: the data set's, then the solver's presets."
     check_one_of("parameter dataset", dataset, DATASETS); check_one_of("parameter solver", solver, SOLVERS)
@@ -233,8 +245,9 @@ def make_config(**params):
     check_names(params)
     defaults = cls()
     given = {k: _coerce(k, v, getattr(defaults, k)) for k, v in params.items()}
-    dataset, solver = given.get("dataset", defaults.dataset), given.get("solver", defaults.solver)
-    cfg = cls(**{**preset_params(dataset, solver), **given})
+    dataset = given.get("dataset", defaults.dataset)
+    solver = given["solver"] if "solver" in given else default_solver(dataset)
+    cfg = cls(**{**preset_params(dataset, solver), "solver": solver, **given})
     _check_run(cfg)
     _check_owned(cfg)
     return cfg
