@@ -525,8 +525,8 @@ PAPER_IMAGES = dict(gamma_min=1e-5, gamma_max=0.1, gamma_space="linspace", batch
 _dsb_digits = preset("dsb", "digits", """scikit-learn's 8 x 8 digits on the CPU: N = 20, gamma 1e-5 to 0.1, lr 1e-3, drift parametrisation, 4 IPF
 iterations of 2 x 500 steps, caches of 500 chains every 250 steps: about 9 CPU minutes on one thread (`-p solver dsb`; a
 run naming no solver gets DSBM's, better on digits). `python bench/digits.py --solver dsb --seeds 0` (one seed, one thread,
-2026-12-06, bench/results/digits_dsb_cpu.json): 555 CPU s, digit FD 36.9 against a floor of 5.63 (after each iteration 83.7,
-57.3, 43.4, 36.9), classifier confidence 0.887 (real digits 0.978); on 2026-11-29 (2 threads, 10.1 minutes) 35.8 / 0.886.""",
+bench/results/digits_dsb_cpu.json): 555 CPU s, digit FD 36.9 against a floor of 5.63 (after each iteration 83.7,
+57.3, 43.4, 36.9), classifier confidence 0.886 (real digits 0.978); on 2026-11-29 (2 threads, 10.1 minutes) 35.8 / 0.886.""",
        **{**PAPER_IMAGES, "lr": 1e-3}, num_steps=20, n_ipf=4, num_iter=500, cache_npar=500, cache_refresh=250)
 _dsbm_digits = preset("dsbm", "digits", """lr 3e-3, gamma 0.01 to 0.1 and back (N = 20), the network predicting the bridge's end
 (`predict='end'`), 4 iterations of 2 x 500 steps, 500 pairs every 250 steps: about 9 CPU minutes on one thread. The solver
@@ -534,7 +534,7 @@ _dsbm_digits = preset("dsbm", "digits", """lr 3e-3, gamma 0.01 to 0.1 and back (
 (`python bench/digits.py --seeds 0 1 2`, bench/results/digits_dsbm_cpu.json): digit FD 13.5, 17.1, 18.8 (16.5 +- 2.7;
 floor 5.63, ratio 2.92), classifier confidence 0.960, 0.958, 0.958 (0.959; real digits 0.978),
 532, 517, 533 CPU s; the papermill command above (seed 0) gives seed 0's figures exactly, in 524 CPU s. Short of the issue's
-2.5 x the floor (14.1): the budget split was what limited the earlier preset (these settings at 2 iterations: FD 24.0,
+target (FD 14.1): the budget split was what limited the earlier preset (these settings at 2 iterations: FD 24.0,
 24.8, 17.4, 22.1 +- 4.1, confidence 0.949, 267 CPU s; digits_dsbm_cpu_ipf2.json), and each seed's FD after each
 iteration (24.0, 24.0, 19.2, 13.5; 33.6, 24.8, 20.1, 17.1; 18.3, 17.4, 11.7, 18.8) falls on average but swings by as much as the gap left. One lever at a time from DSB's digits settings at 2 iterations (seed 0): those 41.9 / 0.921;
 predicting the end 29.2 / 0.946; and gamma_min 0.01 26.2 / 0.941; and lr 3e-3 24.0 / 0.950 (the ODE sampler 25.3 / 0.941).""",
