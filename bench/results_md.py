@@ -126,7 +126,8 @@ def _figure(part: str, row: dict) -> tuple[float | None, str]:
             return 100 * row["err_plan"], f"{pct(row['err_plan'])} (closed-form plan; floor {pct(row['plan_floor'])}){tail}"
         return 100 * row["err_sde"], f"{pct(row['err_sde'])} (floor {pct(row['mc_floor'])}){tail}"
     if part == "eot":
-        return row["cbw2_uvp"], f"{row['cbw2_uvp']:.3g} ± {row['cbw2_uvp_se']:.2g} % (floor {row['cbw2_uvp_floor']:.3g} %){tail}"
+        exact = f"; closed form {row['cbw2_uvp_exact']:.3g} %" if "cbw2_uvp_exact" in row else ""
+        return row["cbw2_uvp"], f"{row['cbw2_uvp']:.3g} ± {row['cbw2_uvp_se']:.2g} % (floor {row['cbw2_uvp_floor']:.3g} %{exact}){tail}"
     if "sde_w2_ratio" not in row:
         return None, f"SW2 {row['SW2 / floor, SDE']} x floor (W2 not measured){tail}"
     seeds = f", mean of {len(row['seeds'])} seeds" if "seeds" in row else ""
@@ -197,7 +198,7 @@ def solver_table(results: Path = RESULTS) -> list[str]:
              "(the source file in brackets). Gaussian: relative error of the cross-covariance cov(x_0, x_T) from the closed-form bridge of",
              "the solver's own reference, beside the error a perfect solver would show with as many pairs (floor); DSBM's figure is the",
              "control-variate estimate (± its spread over draws), LightSB's the cross-covariance of its closed-form plan. Mixture: cBW2-UVP",
-             "of the conditional plans (`13_eot`) beside the floor of as many exact draws. 2d and transfer: the SDE sampler's (LightSB: the",
+             "of the conditional plans (`13_eot`) beside the floor of as many exact draws (LightSB also by its closed form). 2d and transfer: the SDE sampler's (LightSB: the",
              "exact plan's) exact W2 over 3 draws of 3,000 points as a multiple of the floor of held-out data (± its standard error), and",
              "kNN precision (k = 5) beside the floor's. CPU s: training, one thread, on a shared 2-core machine (wall times mean nothing",
              "there). Rows transcribed from older READMEs carry no W2 (SW2 only) and older networks.", "",
