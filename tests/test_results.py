@@ -23,3 +23,30 @@ def test_rendering_tables_and_stamps(tmp_path):
     assert "| wall_s | 605.2 |" in text and "| budget | n_ipf=4, lr=0.001 |" in text
     (tmp_path / "c.json").write_text(json.dumps({"wall_s": 1.0}))
     with pytest.raises(ValueError, match="missing the stamp field"): results_md.render(tmp_path)
+
+
+def test_solver_table(tmp_path):
+    "The 'Solver table' section: a cell per solver and problem from bench.py's rows, the latest winning, 'not measured' elsewhere."
+    stamp = dict(machine="2 cores", command="python bench/bench.py solvers")
+    g = dict(part="gaussian", d=20, T=1.0, err_sde=0.05, mc_floor=0.03, pairs=100_000, cpu_s=400.0)
+    (tmp_path / "old.json").write_text(json.dumps({**stamp, "date": "2026-12-01", "commit": "aaaaaaa", "rows": [{**g, "solver": "dsbm", "err_sde": 0.09}]}))
+    (tmp_path / "new.json").write_text(json.dumps({**stamp, "date": "2026-12-06T10:00", "commit": "bbbbbbb", "rows": [
+        {**g, "solver": "dsbm", "err_cv": 0.025, "err_cv_std": 0.0002},
+        {**g, "solver": "lightsb", "err_plan": 0.0216, "plan_floor": 0.0111, "cpu_s": 7.0},
+        {"part": "2d", "solver": "lightsb", "data": "checker", "sde_w2_ratio": 1.12, "sde_w2_ratio_se": 0.2, "sde_w2_floor": 0.1,
+         "sde_precision": 0.983, "sde_precision_floor": 0.998, "cpu_s": 56.0}]}))
+    (tmp_path / "tuned.json").write_text(json.dumps({**stamp, "command": "python bench/bench.py solvers --set lr=1", "date": "2026-12-07",
+                                                     "commit": "ccccccc", "rows": [{**g, "solver": "dsb"}]}))
+    text = results_md.render(tmp_path)
+    assert text.index("## Solver table") < text.index("## old")
+    row = next(l for l in text.splitlines() if l.startswith("| Gaussian d = 20, T = 1 |"))
+    dsb, dsbm, lightsb, target = [c.strip() for c in row.split("|")[2:6]]
+    assert dsb == "not measured"                                     # a --set run is not the preset
+    assert dsbm.startswith("2.50 % ± 0.02 (control variate; plain 5.00 %, floor 3.00 %); 400 CPU s [")
+    assert lightsb.startswith("2.16 % (closed-form plan; floor 1.11 %); 7 CPU s [")
+    assert target == "neural <= 3 % in 10 CPU min: met (dsbm 2.50 %)"
+    checker = next(l for l in text.splitlines() if l.startswith("| 2d checker |"))
+    assert "W2 1.12 ± 0.20 x floor (0.100); precision 0.983 (floor 0.998); 56 CPU s" in checker
+    assert "W2 <= 1.25x: met (lightsb 1.12); precision >= 0.9: met (lightsb 0.983)" in checker
+    assert "| 2d moon | not measured | not measured | not measured |" in text
+    assert "new.json (2026-12-06, bbbbbbb)" in text and "old.json" not in text.split("## Solver table")[1].split("\n## ")[0]
