@@ -7,6 +7,7 @@ Used to measure the levers of issue 23 one at a time (bench/results/*_dsbm_lever
     python bench/levers.py d=20 T=1 n_ipf=3 num_iter=1000 grid_steps=200              # the product's network for d
     python bench/levers.py d=20 T=1 paper=1 n_ipf=3 num_iter=1000 grid_steps=200      # the paper's 2d MLP at any d
     python bench/levers.py d=20 T=1 paper=1 enc=64 temb=32 dec=256,256 ...             # the paper's MLP, widened
+    python bench/levers.py d=20 T=1 dec=128,128 ...                                   # SkipMLP with other widths
 
 Any other KEY=VALUE is a config parameter. One JSON line per run: the settings, then the figures.
 """
@@ -32,7 +33,10 @@ def main(argv):
     if "temb" in args: widths["temb_dim"] = int(args.pop("temb"))
     paper = args.pop("paper", "0") == "1"
     if paper: M.PAPER_MLP_DIM = 10 ** 9                                    # `mlp` builds the paper's MLP at every d
-    if widths: M.MLP = functools.partial(M.MLP, **widths)
+    if widths and paper: M.MLP = functools.partial(M.MLP, **widths)
+    elif widths:                                                          # SkipMLP's sizes past PAPER_MLP_DIM
+        sizes = M.mlp_sizes
+        M.mlp_sizes = lambda d: {**sizes(d), **widths}
     over = {k: json.loads(v) if v[:1].isdigit() or v[:1] in "-[" or v in ("true", "false") else v for k, v in args.items()}
     p = dict(dataset="gaussian", data_dim=d, solver=solver, **over)
     gamma = T / make_config(**p).num_steps

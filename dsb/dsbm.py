@@ -267,7 +267,7 @@ preset("dsbm", "gaussian", """An Euler grid of 400 steps (and 400 ODE steps), 5 
 500 steps: about 5 CPU minutes at d = 5. Measured (`python bench/bench.py solvers --only gaussian --solvers dsbm --dims 5`):
 cross-covariance 1.79 % (T = 1) and 0.82 % (T = 2) from the closed-form bridge by the control variate, below the
 Monte-Carlo floor of 100,000 exact pairs (1.5 %, 3.5 %).""",
-       grid_steps=400, ode_steps=400, n_ipf=5, num_iter=1500, cache_npar=10_000, cache_refresh=500)
+       grid_steps=400, ode_steps=400, n_ipf=3, num_iter=1000, batch_size=2048, cache_npar=40_000, cache_refresh=500)
 for _name, _extra in {"mnist": dict(num_steps=30, n_ipf=20, cache_npar=1000, cache_refresh=1000),
                       "emnist_mnist": dict(num_steps=30, n_ipf=20, cache_npar=1000, cache_refresh=1000),
                       "celeba": dict(num_steps=50, n_ipf=20, cache_npar=300, num_iter=50000)}.items():

@@ -119,8 +119,8 @@ class ResidualMean(nn.Module):
 PAPER_MLP_DIM = 8   # up to this dimension `mlp` is the paper's 2d MLP, unchanged
 
 def mlp_sizes(d: int) -> dict:
-    "The widths of the `mlp` model past `PAPER_MLP_DIM` dimensions: x-encoder 2d, code 2d (at least 64), decoder 4d (at least 256)."
-    return dict(temb_dim=max(32, d), encoder_layers=(max(64, 2 * d),), decoder_layers=(max(256, 4 * d),) * 2)
+    "The widths of the `mlp` model past `PAPER_MLP_DIM` dimensions: x-encoder 2d, code 2d (at least 64), decoder 2d (at least 128)."
+    return dict(temb_dim=max(32, d), encoder_layers=(max(64, 2 * d),), decoder_layers=(max(128, 2 * d),) * 2)
 
 class SkipMLP(nn.Module):
     "`MLP` plus a linear path in x with a time-linear matrix: `net(x, t) + (A + t B) x + b`."
