@@ -264,12 +264,13 @@ Measured (`python bench/bench.py solvers --only 2d --solvers dsbm --seeds 0 1 2`
 training seeds; exact W2 and kNN precision in bench/RESULTS.md.""",
        lr=1e-2, batch_size=2048, grid_steps=80, cache_npar=5000, cache_refresh=250, n_ipf=2, num_iter=2200)
 preset("dsbm", "gaussian", """An Euler grid of 400 steps (and 400 ODE steps), 3 iterations of 2 x 1,000 steps, batches of 2,048,
-40,000 pairs every 500 steps. Measured (`python bench/levers.py d=D T=1`, one thread of the 2-core development machine):
-cross-covariance 2.84 % from the closed-form bridge at d = 20 (356 CPU s) and 3.58 % at d = 50 (571 CPU s) by the control
-variate (3 draws of 20,000 pairs, spread under 0.01 %); the Euler grid's own share 0.13 %. Measured levers at d = 20
-(bench/results/2026-12-06_dsbm_levers_d20_d50.json): 4x the pairs per refresh and 4x the batch bought the most; lr decay,
-predict='end' and a wider network nothing. d = 5 (the paper's MLP) was measured with the earlier settings (5 x 2 x 1,500
-steps, batches of 512, 10,000 pairs): 1.79 % (T = 1), 0.82 % (T = 2).""",
+40,000 pairs every 500 steps. Measured (`python bench/levers.py d=D T=T`, one thread of the 2-core development machine):
+cross-covariance at T = 1 2.84 % from the closed-form bridge at d = 20 (356 CPU s), 3.58 % at d = 50 (571 CPU s), by the control
+variate (3 draws of 20,000 pairs, spread under 0.01 %; the Euler grid's own share 0.13 %); at T = 2, d = 20: 2.68 % (331 CPU s,
+grid share 0.50 %). Levers screened at d = 20, T = 1 on a grid of 100 steps (bench/results/2026-12-06_dsbm_levers_d20_d50.json):
+4x the pairs per refresh and 4x the batch bought the most; lr decay, predict='end' and a wider network nothing. d = 5
+(the paper's MLP) was measured with the earlier settings (5 x 2 x 1,500 steps, batches of 512, 10,000 pairs): 1.79 %
+(T = 1), 0.82 % (T = 2).""",
        grid_steps=400, ode_steps=400, n_ipf=3, num_iter=1000, batch_size=2048, cache_npar=40_000, cache_refresh=500)
 for _name, _extra in {"mnist": dict(num_steps=30, n_ipf=20, cache_npar=1000, cache_refresh=1000),
                       "emnist_mnist": dict(num_steps=30, n_ipf=20, cache_npar=1000, cache_refresh=1000),
