@@ -267,10 +267,11 @@ preset("dsbm", "gaussian", """An Euler grid of 400 steps (and 400 ODE steps), 3 
 40,000 pairs every 500 steps. Measured (`python bench/levers.py d=D T=T`, one thread of the 2-core development machine):
 cross-covariance at T = 1 2.84 % from the closed-form bridge at d = 20 (356 CPU s), 3.58 % at d = 50 (571 CPU s), by the control
 variate (3 draws of 20,000 pairs, spread under 0.01 %; the Euler grid's own share 0.13 %); at T = 2, d = 20: 2.68 % (331 CPU s,
-grid share 0.50 %). Levers screened at d = 20, T = 1 on a grid of 100 steps (bench/results/2026-12-06_dsbm_levers_d20_d50.json):
+grid share 0.50 %); at T = 0.5, d = 20: 2.83 % (328 CPU s); d = 50: 3.70 % at T = 0.5 (506 CPU s),
+4.73 % at T = 2 (499 CPU s). Levers screened at d = 20, T = 1 on a grid of 100 steps (bench/results/2026-12-06_dsbm_levers_d20_d50.json):
 4x the pairs per refresh and 4x the batch bought the most; lr decay, predict='end' and a wider network nothing. d = 5
-(the paper's MLP) was measured with the earlier settings (5 x 2 x 1,500 steps, batches of 512, 10,000 pairs): 1.79 %
-(T = 1), 0.82 % (T = 2).""",
+(the paper's MLP) with these settings: 2.00 % (T = 1, 213 CPU s), 1.31 % (T = 2, 198 CPU s); the earlier settings (5 x 2 x
+1,500 steps, batches of 512, 10,000 pairs) gave 1.79 % and 0.82 % there.""",
        grid_steps=400, ode_steps=400, n_ipf=3, num_iter=1000, batch_size=2048, cache_npar=40_000, cache_refresh=500)
 for _name, _extra in {"mnist": dict(num_steps=30, n_ipf=20, cache_npar=1000, cache_refresh=1000),
                       "emnist_mnist": dict(num_steps=30, n_ipf=20, cache_npar=1000, cache_refresh=1000),
@@ -289,5 +290,7 @@ training CPU s; floors of 1,000 exact draws at 64 points 0.16 % and 0.50 %): d =
 198 CPU s (seed 0; seed 1: 1.33 +- 0.38 % in 202, the solver table's score of that run 1.42 +- 0.41 %), 0.83 % after 8 in
 262; d = 64 31.9 +- 6.1 % after 6 in 329 CPU s (seed 0), and the loss diverged in iteration 7. At d = 64 IMF itself is
 slow: exact IMF on the pair's Gaussian moment-match is 5.0 % off after 4 iterations, 1.2 % after 8, and the mixture converges
-more slowly than its moment-match. Rows: bench/results/2026-12-06_eot_dsbm_levers.json.""",
+more slowly than its moment-match. Rows: bench/results/2026-12-06_eot_dsbm_levers.json. These runs used the
+256-wide decoder; with the 128-wide one of `mlp_sizes` now (`python bench/bench.py solvers --only eot --solvers dsbm
+--eot-dims 16`): d = 16 1.55 +- 0.48 % in 98 CPU s.""",
        n_ipf=6, num_iter=500);

@@ -37,8 +37,17 @@ def test_solver_table(tmp_path):
          "sde_precision": 0.983, "sde_precision_floor": 0.998, "cpu_s": 56.0}]}))
     (tmp_path / "tuned.json").write_text(json.dumps({**stamp, "command": "python bench/bench.py solvers --set lr=1", "date": "2026-12-07",
                                                      "commit": "ccccccc", "rows": [{**g, "solver": "dsb"}]}))
+    (tmp_path / "levers.json").write_text(json.dumps({**stamp, "command": "python bench/levers.py", "date": "2026-12-06T12:00", "commit": "ddddddd",
+        "rows": [dict(lever="preset", stage="final (the new preset)", d=50, T=2.0, cross_cov_err_cv_pct=4.1, cv_spread_pct=0.03,
+                      err_sde_20k_pct=20.2, mc_floor_20k_pct=19.9, cpu_s=580),
+                 dict(lever="batch", stage="screen", d=50, T=1.0, cross_cov_err_cv_pct=1.0, cv_spread_pct=0.01,
+                      err_sde_20k_pct=9.0, mc_floor_20k_pct=9.0, cpu_s=100)]}))
     text = results_md.render(tmp_path)
     assert text.index("## Solver table") < text.index("## old")
+    d50 = next(l for l in text.splitlines() if l.startswith("| Gaussian d = 50, T = 2 |"))
+    assert "4.10 % ± 0.03 (control variate; plain 20.20 %, floor 19.90 %); 580 CPU s [" in d50   # levers.py's final row
+    assert "neural <= 5 % in 10 CPU min: met (dsbm 4.10 %)" in d50
+    assert "| Gaussian d = 50, T = 1 | not measured | not measured |" in text                 # a screen is not the preset
     row = next(l for l in text.splitlines() if l.startswith("| Gaussian d = 20, T = 1 |"))
     dsb, dsbm, lightsb, target = [c.strip() for c in row.split("|")[2:6]]
     assert dsb == "not measured"                                     # a --set run is not the preset
