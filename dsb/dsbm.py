@@ -281,8 +281,12 @@ for _name, _extra in {"mnist": dict(num_steps=30, n_ipf=20, cache_npar=1000, cac
 
 # %% ../nbs/11_dsbm.ipynb #5720b5ec
 preset("dsbm", "eot_mixture", """The mixture benchmark (`13_eot`) with the points preset's horizon T = 0.2 (the kernel LightSB is scored
-with: one problem for the solver table), lr, batch, grid and pairs, but 6 IMF iterations of 2 x 500 steps in place of 2 x 2 x
-2,200. The error is in the coupling, not the marginal: at d = 16 the generated end's Gaussian-fit BW2-UVP is 0.08-0.12 %
+with: one problem for the solver table), batch, grid and pairs, but 20 IMF iterations of 2 x 500 steps in place of 2 x 2 x
+2,200, at lr 5e-3 (at 1e-2 the loss diverged in iteration 7 at d = 64). With these settings (`python bench/eot_dsbm.py 64
+every=4 n_ipf=20 num_iter=500 lr=0.005`, one thread, seed 0): d = 64 35.1 / 22.1 / 12.6 / 8.7 / 5.4 +- 1.3 % after 4 / 8 /
+12 / 16 / 20 iterations, 630 CPU s (bench/results/2026-12-06_eot_dsbm_d64_long.json); d = 16 0.71 +- 0.07 % in 309 CPU s
+(`python bench/bench.py solvers --only eot --solvers dsbm --eot-dims 16`; floor 0.16 %). Earlier, at lr 1e-2 and 6
+iterations: The error is in the coupling, not the marginal: at d = 16 the generated end's Gaussian-fit BW2-UVP is 0.08-0.12 %
 (0.05 % between two data samples) while cBW2-UVP falls by about a third per IMF iteration (2 x 2,200 steps per iteration:
 25.5 / 15.0 / 9.9 / 6.5 % after iterations 1-4, 593 CPU s); longer stages buy little (2 x 500 steps: 14.4 / 5.9 % after
 iterations 2 / 4, in 67 / 136 CPU s). Measured (`python bench/eot_dsbm.py <d> every=2 n_ipf=<n> num_iter=500`, one thread,
@@ -293,4 +297,4 @@ slow: exact IMF on the pair's Gaussian moment-match is 5.0 % off after 4 iterati
 more slowly than its moment-match. Rows: bench/results/2026-12-06_eot_dsbm_levers.json. These runs used the
 256-wide decoder; with the 128-wide one of `mlp_sizes` now (`python bench/bench.py solvers --only eot --solvers dsbm
 --eot-dims 16`): d = 16 1.55 +- 0.48 % in 98 CPU s.""",
-       n_ipf=6, num_iter=500);
+       n_ipf=20, num_iter=500, lr=5e-3);
