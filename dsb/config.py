@@ -50,7 +50,8 @@ class RunOptions(Options):
     cache_shards: int = 0          # seeded parts of each refresh, split among processes (0: one per process); runs on any number of processes dividing it agree
     lr: float = 1e-3               # Adam learning rate at the start of each stage
     lr_decay: float = 0.1          # the learning rate falls (cosine) to lr * lr_decay by the end of each stage
-    ema_rate: float = 0.999        # EMA of the weights used to simulate and sample; 0 disables
+    ema_rate: float = 0.999        # EMA of the weights used to simulate and sample, capped at (1 + k) / (10 + k) after k steps (0.99 at 890); 0 disables
+    ema_warmup: int = 0            # optimiser steps of a network after which that cap ends and the EMA runs at ema_rate; 0: never
     grad_clip: float = 1.0         # max gradient norm; 0 disables clipping
     warm_start: bool = True        # start each stage from the previous network of its direction
     seed: int = 0                  # seeds initialisation, data, caches and batches
@@ -65,6 +66,7 @@ class RunOptions(Options):
     resume: str = ""               # path of a run directory to continue from its last checkpoint
     checkpoint_every: int = 1000   # optimiser steps between checkpoints (plus one after every stage)
     eval_npar: int = 4000          # samples for the metrics after every IPF iteration (SW2, coupling, image scores)
+    eval_every: int = 1            # evaluate (metrics, figures) after every k-th IPF iteration and after the last
     score_npar: int = 3000         # points per draw of the exact-W2 and kNN precision/recall score of point data (0: skip it)
     score_draws: int = 3           # draws of that score, for its standard error (the floor, data against data, once per run)
     plots: bool = True             # save a PNG per IPF iteration and a GIF of the final bridge
@@ -173,11 +175,14 @@ def solver_note(cfg, given: dict) -> str:
         return f"solver={cfg.solver!r}: the solver data set {cfg.dataset!r} names (measured better on it); -p solver <name> for another"
     return f"solver={cfg.solver!r}: the default"
 
-def preset_params(dataset: str, solver: str) -> dict:
-    "The defaults a run of `solver` on `dataset` gets before the user's parameters: the data set's, then the solver's presets."
+def preset_params(dataset: str, solver: str, data_dim: int | None = None) -> dict:
+    """The defaults a run of `solver` on `dataset` gets before the user's parameters: the data set's, then the solver's presets,
+    at the run's `data_dim` (None: the data set's default), which picks a preset's band (`Preset.by_dim`)."""
     check_one_of("parameter dataset", dataset, DATASETS); check_one_of("parameter solver", solver, SOLVERS)
     info = DATASETS.info(dataset)
-    return {**info.get("defaults", {}), **preset_for(solver, dataset, info.get("family", ""))}
+    defaults = info.get("defaults", {})
+    dim = data_dim if data_dim is not None else defaults.get("data_dim", config_class().data_dim)
+    return {**defaults, **preset_for(solver, dataset, info.get("family", ""), dim)}
 
 def presets_of(cfg) -> list:
     "The `Preset`s a config's solver and data set draw on (the family's, then the data set's own), with what they were measured to give."
@@ -204,6 +209,7 @@ def _check_run(cfg) -> None:
     for name in ("num_steps", "n_ipf", "num_iter", "batch_size", "cache_refresh", "checkpoint_every", "score_draws"):
         check_int(f"parameter {name}", getattr(cfg, name), 1)
     check_int("parameter cache_npar", cfg.cache_npar, 2); check_int("parameter eval_npar", cfg.eval_npar, 2)
+    check_int("parameter eval_every", cfg.eval_every, 1)
     check_int("parameter cache_shards", cfg.cache_shards, 0); check_int("parameter score_npar", cfg.score_npar, 0)
     if 0 < cfg.score_npar < 10: raise ValueError(f"parameter score_npar={cfg.score_npar} must be 0 (no score) or at least 10")
     if cfg.cache_shards > cfg.cache_npar:
@@ -215,6 +221,7 @@ def _check_run(cfg) -> None:
     if cfg.gamma_max >= cfg.var_final:
         raise ValueError(f"parameter gamma_max={cfg.gamma_max} must be < var_final={cfg.var_final} (each reference step must contract)")
     if not 0 <= cfg.ema_rate < 1: raise ValueError(f"parameter ema_rate={cfg.ema_rate} must be in [0, 1)")
+    check_int("parameter ema_warmup", cfg.ema_warmup, 0)
     if not 0 < cfg.lr_decay <= 1: raise ValueError(f"parameter lr_decay={cfg.lr_decay} must be in (0, 1] (1 keeps lr constant)")
     try: get_device(cfg.device)
     except ValueError as e: raise ValueError(f"parameter {e}") from None
@@ -247,7 +254,7 @@ def make_config(**params):
     given = {k: _coerce(k, v, getattr(defaults, k)) for k, v in params.items()}
     dataset = given.get("dataset", defaults.dataset)
     solver = given["solver"] if "solver" in given else default_solver(dataset)
-    cfg = cls(**{**preset_params(dataset, solver), "solver": solver, **given})
+    cfg = cls(**{**preset_params(dataset, solver, given.get("data_dim")), "solver": solver, **given})
     _check_run(cfg)
     _check_owned(cfg)
     return cfg
@@ -280,7 +287,7 @@ def notebook_params(namespace: dict, # the notebook's globals() after the parame
             if k in injected or namespace[k] != defaults[k] or type(namespace[k]) is not type(defaults[k])}
 
 # %% ../nbs/20_config.ipynb #286b5cf2
-RESUMABLE = ("n_ipf", "lr", "lr_decay", "grad_clip", "ema_rate", "checkpoint_every", "eval_npar", "score_npar", "score_draws",
+RESUMABLE = ("n_ipf", "lr", "lr_decay", "grad_clip", "ema_rate", "ema_warmup", "checkpoint_every", "eval_npar", "eval_every", "score_npar", "score_draws",
              "device", "threads", "timeout_s", "plots", "progress", "data_dir", "sampler", "ode_steps")
 NOT_COMPARED = ("resume", "plugins", "out_dir", "run_name")   # where a resume runs is its folder: these are not used by it
 

@@ -16,7 +16,7 @@ import secrets
 import shutil
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -515,15 +515,22 @@ class Preset:
     data: str      # a data family ('points', 'gaussian', 'images') or a data set's name
     params: dict   # parameter -> value
     doc: str       # what these settings were measured to give, with the command and the machine
+    by_dim: dict = field(default_factory=dict)   # largest data_dim -> parameters that replace `params`' up to that dimension
+
+    def at(self, dim: int) -> dict:
+        "The parameters for data of `dim` dimensions: `params`, updated by the band of `by_dim` with the smallest bound at least `dim`."
+        band = next((self.by_dim[k] for k in sorted(self.by_dim) if dim <= k), {})
+        return {**self.params, **band}
 
 PRESETS: dict = {}   # (solver, family or data set) -> Preset
 
-def preset(solver: str, data: str, doc: str, **params) -> Preset:
-    "Register the preset of `solver` for a data family or data set `data`: `doc` says what it was measured to give."
-    PRESETS[solver, data] = p = Preset(solver, data, params, doc)
+def preset(solver: str, data: str, doc: str, by_dim: dict | None = None, **params) -> Preset:
+    """Register the preset of `solver` for a data family or data set `data`: `doc` says what it was measured to give;
+    `by_dim` maps a largest dimension to the parameters that differ for data of at most that many dimensions."""
+    PRESETS[solver, data] = p = Preset(solver, data, params, doc, dict(by_dim or {}))
     return p
 
-def preset_for(solver: str, dataset: str, family: str) -> dict:
-    "The preset parameters of `solver` on data set `dataset` of family `family`: the family's, updated by the data set's own."
-    return {**PRESETS.get((solver, family), Preset(solver, family, {}, "")).params,
-            **PRESETS.get((solver, dataset), Preset(solver, dataset, {}, "")).params}
+def preset_for(solver: str, dataset: str, family: str, dim: int = 2) -> dict:
+    "The preset parameters of `solver` on data set `dataset` of family `family` in `dim` dimensions: the family's, updated by the data set's own."
+    empty = Preset(solver, "", {}, "")
+    return {**PRESETS.get((solver, family), empty).at(dim), **PRESETS.get((solver, dataset), empty).at(dim)}

@@ -269,9 +269,11 @@ cross-covariance at T = 1 2.84 % from the closed-form bridge at d = 20 (356 CPU 
 variate (3 draws of 20,000 pairs, spread under 0.01 %; the Euler grid's own share 0.13 %); at T = 2, d = 20: 2.68 % (331 CPU s,
 grid share 0.50 %); at T = 0.5, d = 20: 2.83 % (328 CPU s); d = 50: 3.70 % at T = 0.5 (506 CPU s),
 4.73 % at T = 2 (499 CPU s). Levers screened at d = 20, T = 1 on a grid of 100 steps (bench/results/2026-12-06_dsbm_levers_d20_d50.json):
-4x the pairs per refresh and 4x the batch bought the most; lr decay, predict='end' and a wider network nothing. d = 5
-(the paper's MLP) with these settings: 2.00 % (T = 1, 213 CPU s), 1.31 % (T = 2, 198 CPU s); the earlier settings (5 x 2 x
-1,500 steps, batches of 512, 10,000 pairs) gave 1.79 % and 0.82 % there.""",
+4x the pairs per refresh and 4x the batch bought the most; lr decay, predict='end' and a wider network nothing.
+Up to d = 8 (the paper's MLP) the earlier settings, 5 iterations of 2 x 1,500 steps and 10,000 pairs per refresh: at d = 5
+0.87 % (T = 1, 251 CPU s) and 0.56 % (T = 2, 253 CPU s), by the same control variate; the d = 20 settings there gave 2.00 %
+and 1.31 % (213 / 198 CPU s).""",
+       by_dim={8: dict(n_ipf=5, num_iter=1500, cache_npar=10_000)},
        grid_steps=400, ode_steps=400, n_ipf=3, num_iter=1000, batch_size=2048, cache_npar=40_000, cache_refresh=500)
 for _name, _extra in {"mnist": dict(num_steps=30, n_ipf=20, cache_npar=1000, cache_refresh=1000),
                       "emnist_mnist": dict(num_steps=30, n_ipf=20, cache_npar=1000, cache_refresh=1000),
@@ -281,20 +283,17 @@ for _name, _extra in {"mnist": dict(num_steps=30, n_ipf=20, cache_npar=1000, cac
 
 # %% ../nbs/11_dsbm.ipynb #5720b5ec
 preset("dsbm", "eot_mixture", """The mixture benchmark (`13_eot`) with the points preset's horizon T = 0.2 (the kernel LightSB is scored
-with: one problem for the solver table), batch, grid and pairs, but 20 IMF iterations of 2 x 500 steps in place of 2 x 2 x
-2,200, at lr 5e-3 (at 1e-2 the loss diverged in iteration 7 at d = 64). With these settings (`python bench/eot_dsbm.py 64
-every=4 n_ipf=20 num_iter=500 lr=0.005`, one thread, seed 0): d = 64 35.1 / 22.1 / 12.6 / 8.7 / 5.4 +- 1.3 % after 4 / 8 /
-12 / 16 / 20 iterations, 630 CPU s (bench/results/2026-12-06_eot_dsbm_d64_long.json); d = 16 0.71 +- 0.07 % in 309 CPU s
-(`python bench/bench.py solvers --only eot --solvers dsbm --eot-dims 16`; floor 0.16 %). Earlier, at lr 1e-2 and 6
-iterations: The error is in the coupling, not the marginal: at d = 16 the generated end's Gaussian-fit BW2-UVP is 0.08-0.12 %
-(0.05 % between two data samples) while cBW2-UVP falls by about a third per IMF iteration (2 x 2,200 steps per iteration:
-25.5 / 15.0 / 9.9 / 6.5 % after iterations 1-4, 593 CPU s); longer stages buy little (2 x 500 steps: 14.4 / 5.9 % after
-iterations 2 / 4, in 67 / 136 CPU s). Measured (`python bench/eot_dsbm.py <d> every=2 n_ipf=<n> num_iter=500`, one thread,
-training CPU s; floors of 1,000 exact draws at 64 points 0.16 % and 0.50 %): d = 16 1.32 +- 0.32 % after 6 iterations in
-198 CPU s (seed 0; seed 1: 1.33 +- 0.38 % in 202, the solver table's score of that run 1.42 +- 0.41 %), 0.83 % after 8 in
-262; d = 64 31.9 +- 6.1 % after 6 in 329 CPU s (seed 0), and the loss diverged in iteration 7. At d = 64 IMF itself is
-slow: exact IMF on the pair's Gaussian moment-match is 5.0 % off after 4 iterations, 1.2 % after 8, and the mixture converges
-more slowly than its moment-match. Rows: bench/results/2026-12-06_eot_dsbm_levers.json. These runs used the
-256-wide decoder; with the 128-wide one of `mlp_sizes` now (`python bench/bench.py solvers --only eot --solvers dsbm
---eot-dims 16`): d = 16 1.55 +- 0.48 % in 98 CPU s.""",
-       n_ipf=20, num_iter=500, lr=5e-3);
+with: one problem for the solver table), batch, grid and pairs, lr 5e-3 (at 1e-2 the loss diverged at d = 64), and many short
+IMF iterations: past d = 16, 80 iterations of 2 x 125 steps; up to d = 16, 20 of 2 x 500. Evaluated every 10th iteration (an
+evaluation scores 64,000 chains). cBW2-UVP against the closed-form plan (floors of 1,000 exact draws at 64 points: 0.16 % at
+d = 16, 0.50 % at d = 64), one thread, training CPU s, seed 0: d = 64 3.7 +- 0.8 % in 742 CPU s (`python bench/eot_dsbm.py 64
+every=8 n_ipf=80 num_iter=125 lr=0.005`, falling still: 8.7 / 6.5 / 5.8 / 5.5 / 5.2 / 5.5 / 5.0 / 4.7 / 4.3 / 3.8 % after 8,
+16, ..., 80 iterations); d = 16 0.71 +- 0.07 % in 309 CPU s (`python bench/bench.py solvers --only eot --solvers dsbm
+--eot-dims 16`). At equal CPU the number of iterations is what counts, not their length (d = 64, after about 265 CPU s:
+22.1 % with stages of 500 steps, 6.0 % with 250, 6.5 % with 125; stages of 250 level off near 5.5 %;
+bench/results/2026-12-06_eot_dsbm_d64_stages.json). The error is in the coupling, not the marginal: at d = 16 the generated
+end's Gaussian-fit BW2-UVP is 0.08-0.12 % (0.05 % between two data samples), and at d = 64 what is left sits in a few
+conditioning points (largest per-point errors 15-30 % against a median of 1.1 %). At d = 64 IMF itself is slow: exact IMF
+on the pair's Gaussian moment-match is 5.0 % off after 4 iterations, 1.2 % after 8, and the mixture converges more slowly
+than its moment-match (bench/results/2026-12-06_eot_dsbm_levers.json).""",
+       by_dim={16: dict(n_ipf=20, num_iter=500)}, n_ipf=80, num_iter=125, lr=5e-3, eval_every=10);

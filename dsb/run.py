@@ -57,12 +57,12 @@ def build_trainer(cfg, # a validated config (`make_config`)
     check_sampler(solver, cfg.sampler)
     progress = [Progress()] if cfg.progress and policy.is_main else []
     return Trainer(solver, iterations=cfg.n_ipf, steps=cfg.num_iter, batch_size=cfg.batch_size, block=cfg.cache_refresh,
-                   lr=cfg.lr, lr_decay=cfg.lr_decay, grad_clip=cfg.grad_clip, ema_rate=cfg.ema_rate, seed=cfg.seed, policy=policy,
+                   lr=cfg.lr, lr_decay=cfg.lr_decay, grad_clip=cfg.grad_clip, ema_rate=cfg.ema_rate, ema_warmup=cfg.ema_warmup, seed=cfg.seed, policy=policy,
                    compile=cfg.compile, callbacks=[LossLogger(), *progress, *callbacks])
 
 # %% ../nbs/21_run.ipynb #51f01816
 class Evaluate(Callback):
-    "After every iteration, log the scores of the bridge's ends against held-out samples: exact W2 and kNN precision/recall (points), SW2, the exact coupling error when known, the data set's own score."
+    "After every `eval_every`-th iteration and the last, log the scores of the bridge's ends against held-out samples: exact W2 and kNN precision/recall (points), SW2, the exact coupling error when known, the data set's own score."
     order = 50
     def __init__(self, cfg, data: DataSpec): self.cfg, self.data = cfg, data
     def before_fit(self, tr):
@@ -85,8 +85,13 @@ class Evaluate(Callback):
         "The config's sampler first; for points, the solver's others after it."
         main = self.cfg.sampler
         return [main] + ([k for k in samplers_of(tr.solver) if k != main] if self.data.kind == "points" else [])
+    def due(self, tr) -> bool:
+        "Whether the iteration just trained is evaluated: every `eval_every`-th, and the last."
+        k = tr.iteration + 1
+        return k % self.cfg.eval_every == 0 or k == tr.iterations
     @torch.no_grad()
     def after_iteration(self, tr):
+        if not self.due(tr): return
         g = torch.Generator(tr.device).manual_seed(derive_seed(self.cfg.seed, 92, tr.iteration))
         main, rec = self.cfg.sampler, {}
         for name in self.samplers(tr):
@@ -178,7 +183,8 @@ class SavePlots(Callback):
     def __init__(self, run_dir, evaluate: Evaluate):
         self.run_dir, self.evaluate = Path(run_dir), evaluate
         self.figure, self.animation, self.n_gif = PLOTS[evaluate.data.kind]
-    def after_iteration(self, tr): self.figure(self.run_dir, self.evaluate, tr.iteration + 1)
+    def after_iteration(self, tr):
+        if self.evaluate.due(tr): self.figure(self.run_dir, self.evaluate, tr.iteration + 1)
     @torch.no_grad()
     def after_fit(self, tr):
         if tr.position[0] < tr.iterations or self.n_gif == 0: return

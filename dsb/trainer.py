@@ -149,6 +149,7 @@ class Trainer:
                  lr_decay: float = 0.1,      # the learning rate falls (cosine) to lr * lr_decay within each stage
                  grad_clip: float = 1.0,     # max gradient norm; 0 disables clipping
                  ema_rate: float = 0.999,    # moving average of the trained weights, what the solver samples with; 0: none
+                 ema_warmup: int = 0,        # updates of a network after which the EMA's warm-up cap ends (`EMA`); 0: never
                  seed: int = 0,
                  policy: DevicePolicy = None, # device rules; default: the device of the first trained network
                  compile: bool = False,      # `torch.compile` the network of the training step (and `compiled(fn)` for solvers)
@@ -165,7 +166,7 @@ class Trainer:
         self.policy.rows(batch_size)                  # several processes: the batch must split evenly among them
         if any(isinstance(cb, EMA) for cb in callbacks):
             raise ValueError("the Trainer keeps the moving average itself: pass ema_rate=..., not an EMA callback")
-        self.callbacks = [EMA(ema_rate), *callbacks]
+        self.callbacks = [EMA(ema_rate, ema_warmup), *callbacks]
         self.position, self.history, self.opt, self._opt_state = (0, 0, 0), [], None, None
         self.log_file = None
         self.compile, self._compiled = compile, {}
@@ -285,9 +286,10 @@ def load_state_dict(self: Trainer, state: dict):
 class EMA(Callback):
     "Keep the solver's moving-average copy of the trained network up to date while it trains."
     order = 10
-    def __init__(self, rate: float = 0.999):
+    def __init__(self, rate: float = 0.999,
+                 warmup: int = 0): # updates of a network after which its rate is `rate`, uncapped; 0: capped for the whole run
         if not 0 <= rate < 1: raise ValueError(f"ema_rate must be in [0, 1), got {rate}")
-        self.rate = rate
+        self.rate, self.warmup = rate, check_int("ema_warmup", warmup, 0)
     def before_stage(self, tr):
         self.net, self.ema = tr.solver.trained(tr.iteration, tr.stage)
         if self.ema is not None: self.net_params, self.ema_params = list(self.net.parameters()), list(self.ema.parameters())
@@ -295,7 +297,7 @@ class EMA(Callback):
     def after_step(self, tr):
         if self.rate == 0 or self.ema is None: return
         updates = tr.iteration * tr.steps + tr.step
-        rate = min(self.rate, (1 + updates) / (10 + updates))
+        rate = self.rate if 0 < self.warmup <= updates else min(self.rate, (1 + updates) / (10 + updates))
         torch._foreach_lerp_(self.ema_params, self.net_params, 1 - rate)
     @torch.no_grad()
     def after_stage(self, tr):
@@ -379,7 +381,7 @@ class Progress(Callback):
                 left = self.total - self.done(tr) - 1
                 self.say(f"estimate: {left:,} more optimiser steps at {self.step_s:.3g} s each and a refresh of the training data "
                          f"every {tr.block:,} steps at {self.refresh_s:.3g} s (timed now, on this machine): "
-                         f"{duration(self.eta(tr, now))}, plus an evaluation after each iteration "
+                         f"{duration(self.eta(tr, now))}, plus the evaluations "
                          f"(the estimate is updated after each iteration, evaluation included)")
         if self.bar is not None:
             if k % self.every == 0: self.bar.update(self.every); self.bar.set_postfix(loss=f"{float(tr.loss):.3g}", refresh=False)
