@@ -548,6 +548,17 @@ def show(name, res):
         print(f"final: network {100 * res['network_error']:.2f} %, exact DSB iterate {100 * res['exact_dsb_error']:.2f} %, gap {res['gap_pp']:+.2f} pp")
 
 
+def solvers_tag(a, parser) -> str:
+    """The part of the solver table's file name that says what was run: the part, the solvers, the data sets, the --set
+    overrides, the seeds, and every list of dimensions or horizons not at its default (a narrower rerun writes its own file
+    rather than replacing the rows of a wider one)."""
+    lists = [("d", "dims"), ("T", "horizons"), ("eot", "eot_dims")]
+    changed = [k + "_".join(f"{v:g}" for v in getattr(a, name)) for k, name in lists
+               if getattr(a, name) != parser.get_default(name)]
+    return "".join(f"-{x}" for x in [a.only or "all", *a.solvers, *(a.data or []), *a.set, *changed,
+                                     *(["seeds" + "".join(map(str, a.seeds))] if a.seeds else [])])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=("speed", "quality", "gaussian", "solvers", "calibrate", "grid", "all"))
@@ -589,8 +600,7 @@ def main(argv=None):
         if a.what in (name, "all"):
             res = fn(device, quick=a.quick, only=a.only, dims=a.dims, horizons=a.horizons, names=a.solvers, data=a.data,
                      draws=a.draws, overrides=overrides, seeds=a.seeds, eot_dims=a.eot_dims,
-                     tag="".join(f"-{x}" for x in [a.only or "all", *a.solvers, *(a.data or []), *a.set,
-                                                   *(["seeds" + "".join(map(str, a.seeds))] if a.seeds else [])])) if name == "solvers" else fn(device, quick=a.quick)
+                     tag=solvers_tag(a, p)) if name == "solvers" else fn(device, quick=a.quick)
             results[name] = res
             show(name, res)
             if not a.quick and name != "solvers": (OUT / f"{name}-{device.type}.json").write_text(json.dumps(res, indent=1))

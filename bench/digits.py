@@ -16,6 +16,7 @@ repository), stamped with date, machine, thread count and commit:
     python bench/digits.py -p n_ipf 2 --tag short           # any Config parameter; --tag names the files <...>_<tag>
     python bench/digits.py --figures                        # the curves of both solvers from their JSON files (no training)
     python bench/digits.py --quick                          # a tiny budget, to check the script (writes nothing)
+    python bench/digits.py --join a/digits_dsbm_cpu.json b/digits_dsbm_cpu.json   # seeds run in parallel (--out a, --out b), joined
 
 Seeds add up: when the JSON file exists and holds the same configuration (and thread count), the seeds of this run
 join (or replace, seed by seed) those it holds, and the summary covers them all, so `--seeds 0 1` then `--seeds 2`
@@ -24,10 +25,11 @@ gives the 3-seed file. A file of another configuration is not overwritten: the s
 
 Time is counted as the CPU seconds of this process (time.process_time) on --threads threads (default 1): on a
 machine shared with other jobs they measure the work, where wall time measures the neighbours too. On an idle
-2-core machine a 1-thread run's wall time equals its CPU time, and 2 threads are no faster on these small
-networks (see the README's thread table), so CPU seconds on one thread bound the wall time a user waits.
+2-core machine a 1-thread run's wall time equals its CPU time, and 2 threads are faster, not slower (the digits preset
+by papermill on 2 idle threads: 6.3 minutes, against 8-9 CPU minutes on one; 2026-12-06_digits_papermill_2threads.json),
+so CPU seconds on one thread bound the wall time a user waits.
 """
-import argparse, datetime, json, math, os, platform, statistics, subprocess, sys, tempfile, time
+import argparse, datetime, json, math, os, platform, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import torch
@@ -198,18 +200,22 @@ def summarise(args, argv, cfg, device: str, records: list, stem: Path, old: dict
               "command": "python bench/digits.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "time": "CPU seconds of the process (time.process_time), one training seed at a time",
               "config": {k: v for k, v in vars(cfg).items() if k not in COMPARED_OUT}, "seeds": records}
-    result = merged(old, result)
+    return finish(merged(old, result), args.dataset, args.threads, device, stem, args.quick)
+
+
+def finish(result: dict, dataset: str, threads: int, device: str, stem: Path, quick: bool) -> dict:
+    "`result` with its summary over its seeds, title, note and table rows: printed, and (not `quick`) written to `stem`.json."
     records = result["seeds"]
     keys = [k for k in records[0] if k.startswith(("digit_", "sw2_", "transfer_")) and not k.endswith("_floor")] + ["cpu_s", "wall_s"]
     result["summary"] = {k: spread([r[k] for r in records if k in r]) for k in keys}
     result["floors"] = {k[:-len("_floor")]: records[0][k] for k in records[0] if k.endswith("_floor")}
     shown = [k for k in ("digit_fd", "digit_confidence", "digit_entropy", "transfer_labels_kept", "transfer_labels_untransferred",
                          "cpu_s", "wall_s") if k in result["summary"]]
-    result["title"] = f"{args.dataset}, {cfg.solver}: {len(records)} training seed(s) on {device.split(':')[0]}"
+    result["title"] = f"{dataset}, {result['solver']}: {len(records)} training seed(s) on {device.split(':')[0]}"
     result["note"] = ("Digit score of the samples (FD: Frechet distance in the digit classifier's features; confidence: mean max "
                       "probability) against real unseen digits: " + ", ".join(f"{k} floor {v:.4g}" for k, v in result["floors"].items()
                                                                                   if k in ("digit_fd", "digit_confidence", "digit_entropy"))
-                      + f". Time: {result['time']}, {args.threads} thread(s), on a machine shared with other jobs (wall > CPU).")
+                      + f". Time: {result['time']}, {threads} thread(s), on a machine shared with other jobs (wall > CPU).")
     result["rows"] = ([{"seed": r["seed"], **{k: r[k] for k in shown}} for r in records]
                       + [{"seed": stat, **{k: result["summary"][k][stat] for k in shown}} for stat in ("mean", "std")])
     s, f = result["summary"], result["floors"]
@@ -217,7 +223,7 @@ def summarise(args, argv, cfg, device: str, records: list, stem: Path, old: dict
     for k in ("digit_fd", "digit_confidence", "digit_entropy"):
         if k in s: print(f"{k:<18} {s[k]['mean']:9.4f} {s[k]['std']:7.4f} {f[k]:8.4f} {s[k]['mean'] / f[k]:6.3f}")
     print(f"{'cpu_s':<18} {s['cpu_s']['mean']:9.1f} {s['cpu_s']['std']:7.1f}", flush=True)
-    if not args.quick:
+    if not quick:
         Path(f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
         print("wrote", f"{stem}.json", flush=True)
     return result
@@ -235,6 +241,8 @@ def main(argv=None):
     ap.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="a Config parameter")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder of the results")
     ap.add_argument("--replace", action="store_true", help="overwrite a results file of another configuration (default: stop)")
+    ap.add_argument("--join", nargs="+", metavar="FILE", help="no training: add the seeds of these results files of one "
+                    "configuration (seeds run in parallel, each with its own --out) to this configuration's file in --out")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.figures: return curves_figure(args.dataset, out)
@@ -243,6 +251,9 @@ def main(argv=None):
     cfg = make_config(dataset=args.dataset, **params)
     device = str(get_device(cfg.device))
     stem = out / f"{args.dataset}_{cfg.solver}_{device.split(':')[0]}{'_' + args.tag if args.tag else ''}"
+    if args.join:
+        out.mkdir(parents=True, exist_ok=True)
+        return join(args.join, stem, args.replace)
     old = None
     if not args.quick:                                             # a file of another configuration: stop before training
         out.mkdir(parents=True, exist_ok=True)
@@ -257,6 +268,21 @@ def main(argv=None):
         if not args.quick and seed == result["seeds"][0]["seed"]:      # the lowest seed of the file draws its figures
             figures(stem, bridge, result, rec)
             print("wrote", f"{stem}_grid.png, {stem}_chain.png", flush=True)
+    return result
+
+
+def join(files: list, stem: Path, replace: bool) -> dict:
+    """Add the seeds of results `files` (runs of one configuration made apart, e.g. two seeds in parallel with --out
+    elsewhere) to the file `stem`.json, under the rules of seeds adding up; the figures of the file's lowest seed come along."""
+    result = None
+    for f in map(Path, files):
+        new = json.loads(f.read_text())
+        old = existing(Path(f"{stem}.json"), new["dataset"], new["solver"], new.get("threads", 1), new["config"], replace and result is None)
+        result = finish(merged(old, new), new["dataset"], new.get("threads", 1), new["device"], stem, False)
+        if result["seeds"][0]["seed"] == min(r["seed"] for r in new["seeds"]) and f.with_suffix("") != stem:
+            for part in ("grid", "chain"):
+                src = f.with_name(f"{f.stem}_{part}.png")
+                if src.exists(): shutil.copyfile(src, f"{stem}_{part}.png")
     return result
 
 

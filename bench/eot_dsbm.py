@@ -5,7 +5,7 @@ A marginal near its floor with a large cBW2-UVP says the error is in the couplin
 The last iteration is also scored exactly as the solver table scores it (`bench.py`'s eot row: `data.score_bridge`, seed 1).
 Training CPU seconds exclude the scoring.
 
-    python bench/eot_dsbm.py 16 [every=2] [out=runs.jsonl] [key=value ...]   # key=value: any run parameter (-p), e.g. n_ipf=12
+    python bench/eot_dsbm.py 16 [every=2] [out=runs.jsonl] [dec=256,256] [key=value ...]   # key=value: any run parameter (-p), e.g. n_ipf=12
     python bench/eot_dsbm.py surrogate 16 0.2,0.5,1    # exact IMF on the pair's Gaussian moment-match, horizons T of the OU kernel
 """
 import json, sys, time
@@ -90,6 +90,10 @@ elif __name__ == "__main__":
     d = int(sys.argv[1])
     over = {k: _parse(v) for k, v in (kv.split("=", 1) for kv in sys.argv[2:])}
     every, out = over.pop("every", 1), over.pop("out", None)
+    if "dec" in over:                                   # SkipMLP's decoder widths, e.g. dec=256,256 (as bench/levers.py)
+        import dsb.models as M
+        widths, sizes = tuple(int(w) for w in str(over.pop("dec")).split(",")), M.mlp_sizes
+        M.mlp_sizes = lambda d: {**sizes(d), "decoder_layers": widths}
     p = dict(dataset="eot_mixture", data_dim=d, solver="dsbm", **over)
     cfg = make_config(**p, device="cpu", progress=False, plots=False)
     data = make_data(cfg)

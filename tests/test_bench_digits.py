@@ -48,3 +48,17 @@ def test_a_file_of_another_configuration_is_not_overwritten(digits, tmp_path):
     digits.main(["--seeds", "0", "-p", "n_ipf", "3", "--replace", "--out", str(tmp_path)])
     r = json.loads(path.read_text())
     assert [s["seed"] for s in r["seeds"]] == [0] and r["config"]["n_ipf"] == 3
+
+
+def test_seeds_run_apart_are_joined(digits, tmp_path):
+    "Seeds trained in parallel (each with its own --out) join into one file; a file of another configuration is refused."
+    for seed in (2, 0):
+        digits.main(["--seeds", str(seed), "--out", str(tmp_path / f"s{seed}")])
+        (tmp_path / f"s{seed}" / "digits_dsbm_cpu_grid.png").write_bytes(b"seed %d" % seed)
+    digits.main(["--join", *(str(tmp_path / f"s{seed}" / "digits_dsbm_cpu.json") for seed in (2, 0)), "--out", str(tmp_path / "all")])
+    r = json.loads((tmp_path / "all" / "digits_dsbm_cpu.json").read_text())
+    assert [s["seed"] for s in r["seeds"]] == [0, 2] and r["summary"]["digit_fd"]["mean"] == pytest.approx(11.)
+    assert (tmp_path / "all" / "digits_dsbm_cpu_grid.png").read_bytes() == b"seed 0"   # the lowest seed's figures
+    digits.main(["--seeds", "1", "-p", "n_ipf", "3", "--out", str(tmp_path / "other")])
+    with pytest.raises(SystemExit, match=r"differs in: n_ipf 4 -> 3"):
+        digits.main(["--join", str(tmp_path / "other" / "digits_dsbm_cpu.json"), "--out", str(tmp_path / "all")])

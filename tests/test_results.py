@@ -59,3 +59,15 @@ def test_solver_table(tmp_path):
     assert "W2 <= 1.25x: met (lightsb 1.12); precision >= 0.9: met (lightsb 0.983)" in checker
     assert "| 2d moon | not measured | not measured | not measured |" in text
     assert "new.json (2026-12-06, bbbbbbb)" in text and "old.json" not in text.split("## Solver table")[1].split("\n## ")[0]
+
+
+def test_solver_files_name_their_dimensions(monkeypatch):
+    "A narrower rerun of the solver table (--dims, --horizons, --eot-dims) writes a file of its own, not over the wider run's rows."
+    import bench
+    tags = []
+    def fake(device, tag="", **kw):
+        tags.append(tag); return {"device": str(device), "rows": []}
+    monkeypatch.setattr(bench, "solvers", fake)
+    for extra in ([], ["--dims", "50"], ["--dims", "50", "--horizons", "1"], ["--eot-dims", "64"]):
+        bench.main(["solvers", "--quick", "--only", "gaussian", "--solvers", "dsb", *extra])
+    assert tags == ["-gaussian-dsb", "-gaussian-dsb-d50", "-gaussian-dsb-d50-T1", "-gaussian-dsb-eot64"]
