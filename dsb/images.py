@@ -543,9 +543,10 @@ digits settings at 2 iterations (seed 0): those 41.9 / 0.921; predicting the end
 0.941; and lr 3e-3 24.0 / 0.950 (the ODE sampler 25.3 / 0.941).""",
        **{**PAPER_IMAGES, "lr": 3e-3, "gamma_min": 0.01, "ema_rate": 0.998}, ema_warmup=500, predict="end", num_steps=20, n_ipf=4,
        num_iter=500, cache_npar=1000, cache_refresh=500)
-# Your own pictures on a CPU: 16 px, a UNet of base width 16, batches of 64, a small evaluation, and each solver's digits settings
-# at 2 iterations (not measured on pictures: a step of the 16 px network costs about twice one of the 8 px digits network).
-CPU_PICTURES = dict(image_size=16, unet_channels=16, batch_size=64, eval_npar=500, n_ipf=2)
+# Your own pictures on a CPU: 16 px, a UNet of base width 16, batches of 64, a small evaluation, 500 pairs every 250 steps, and
+# each solver's digits settings at 2 iterations (not measured on pictures: a step of the 16 px network costs about twice one of
+# the 8 px digits network).
+CPU_PICTURES = dict(image_size=16, unet_channels=16, batch_size=64, eval_npar=500, n_ipf=2, cache_npar=500, cache_refresh=250)
 preset("dsb", "folder", "Your own pictures on a CPU (`CPU_PICTURES`): 16 px, UNet width 16, batch 64, DSB's digits settings at 2 "
        "iterations of 2 x 500 steps: about 7 CPU minutes for 3-channel pictures. Not measured on pictures.",
        **{**_dsb_digits.params, **CPU_PICTURES})

@@ -532,7 +532,7 @@ def test_progress_lines_and_estimates_on_a_fake_clock(monkeypatch):
     n = torch.get_num_threads()
     assert lines[0] == f"training: 2 iterations x 1 stage x 12 steps of batch 8 on cpu ({n} thread{'s' * (n > 1)}): 24 optimiser steps to go"
     assert lines[1] == ("estimate: 19 more optimiser steps at 0.5 s each and a refresh of the training data every 6 steps at 2 s "
-                        "(timed now, on this machine): 17 s, plus an evaluation after each iteration (the estimate is updated after "
+                        "(timed now, on this machine): 17 s, plus the evaluations (the estimate is updated after "
                         "each iteration, evaluation included)")
     import re
     step = lambda line: re.fullmatch(r"(\d)/2 stage 1: step (\d+)/12, loss [0-9.e+-]+; (.+) elapsed, about (.+) left", line).groups()
