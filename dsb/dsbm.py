@@ -26,7 +26,8 @@ from .imf import LinearReference, bridge_sample
 
 # %% auto #0
 __all__ = ['COUPLINGS', 'PREDICTIONS', 'end_drift', 'bridge_targets', 'sde_sample', 'flow_velocity', 'flow_chain', 'flow_sample',
-           'uniform_grid', 'Drift', 'EndDrift', 'DSBM', 'independent', 'DSBMOptions', 'ou_kernel', 'dsbm_solver']
+           'uniform_grid', 'Drift', 'EndDrift', 'DSBM', 'independent', 'DSBMOptions', 'end_margin', 'ou_kernel',
+           'dsbm_solver']
 
 # %% ../nbs/11_dsbm.ipynb #b6cba202
 def end_drift(ref: LinearReference, # the reference Q
@@ -123,7 +124,7 @@ class EndDrift(nn.Module):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         T = self.ref.T
         s = (torch.as_tensor(t, dtype=torch.float64) * T).clamp(self.margin * T, (1 - self.margin) * T)
-        return end_drift(self.ref, x, s, x + self.net(x, t), self.direction)
+        return end_drift(self.ref, x, s, x + self.net(x, (s / T).to(x.dtype)), self.direction)
 
 # %% ../nbs/11_dsbm.ipynb #4013176b
 class DSBM(TwoWay):
@@ -231,6 +232,12 @@ class DSBMOptions(Options):
         if cfg.precision != "fp32":
             raise ValueError(f"parameter precision={cfg.precision!r} applies to solver='dsb' only; DSBM trains in 'fp32'")
 
+def end_margin(gammas: Tensor, # the chain's step sizes
+               T: float, # the horizon
+              ) -> float: # m: times are clamped to, and training draws them in, [m T, (1 - m) T]
+    "Half the smallest step over the horizon (at least 1e-3): how close to an end an end-predicting drift is evaluated."
+    return max(1e-3, float(gammas.min()) / (2 * T))
+
 def ou_kernel(cfg) -> tuple[float, float]:
     "$(a_T, v_T)$ of the continuous OU reference on the horizon $T$ of a config's schedule (`LinearReference.ou`)."
     T = Schedule.from_params(cfg.num_steps, cfg.gamma_min, cfg.gamma_max, cfg.gamma_space).T
@@ -247,22 +254,26 @@ def dsbm_solver(cfg, # a run config (`dsb.config.Config`)
     ref = LinearReference.ou(T, cfg.var_final, cfg.mean_final)
     grids = (uniform_grid(cfg.grid_steps, T, "forward"), uniform_grid(cfg.grid_steps, T, "backward")) if cfg.grid_steps \
             else (schedule.forward_grid(), schedule.backward_grid())
+    margin = end_margin(grids[0][1], T) if cfg.predict == "end" else 1e-3
     def drift(k, direction):
         torch.manual_seed(derive_seed(cfg.seed, k))
         net = MODELS[cfg.model](cfg, tuple(data.shape), zero_init_last=True)
-        return (EndDrift(net, ref, direction) if cfg.predict == "end" else Drift(net, T)).to(device)
+        return (EndDrift(net, ref, direction, margin) if cfg.predict == "end" else Drift(net, T)).to(device)
     forward = Direction("forward", drift(1, "forward"), data.data, grids[0])
     backward = Direction("backward", drift(2, "backward"), data.prior, grids[1])
     return DSBM(forward, backward, ref, cache_npar=cfg.cache_npar, warm_start=cfg.warm_start, coupling=COUPLINGS[cfg.coupling](cfg, data),
-                ode_steps=cfg.ode_steps, cache_shards=cfg.cache_shards)
+                ode_steps=cfg.ode_steps, t_margin=margin, cache_shards=cfg.cache_shards)
 
 # %% ../nbs/11_dsbm.ipynb #b88c46b3
-preset("dsbm", "points", """lr 1e-2, batches of 2,048, an Euler grid of 80 steps over T = 0.2 (DSB's 20 x 0.01), 5,000 pairs
-every 250 steps, 2 iterations of 2 x 2,200 steps: about 2.5 CPU minutes (one thread of the 2-core development machine).
-Measured (`python bench/bench.py solvers --only 2d --solvers dsbm --seeds 0 1 2`, the first three stages): SW2 / floor
-(ratio of means, 20 draws of 10,000 points) scurve 1.17 +- 0.06, checker 1.21 +- 0.01, 8gaussians 1.02 +- 0.05 over the
-training seeds; exact W2 and kNN precision in bench/RESULTS.md.""",
-       lr=1e-2, batch_size=2048, grid_steps=80, cache_npar=5000, cache_refresh=250, n_ipf=2, num_iter=2200)
+preset("dsbm", "points", """The networks predict the far end (`predict='end'`), lr 1e-2, batches of 2,048, an Euler grid of 80 steps
+over T = 0.2 (the paper's 20 x 0.01, DSB's horizon), 5,000 pairs every 250 steps, 2 iterations of 2 x 4,400 steps: 3-4 CPU minutes with its two evaluations (one thread
+of the 2-core development machine). Measured (`python bench/bench.py solvers --only 2d --solvers dsbm --data scurve checker
+8gaussians moon spirals pinwheel`, seed 0), exact W2 / floor and kNN precision (3 draws of 3,000 points, SDE): scurve 0.89, 0.83;
+checker 1.10, 0.98; 8gaussians 1.07, 1.00; moon 0.98, 0.85; spirals 1.14, 0.93; pinwheel 1.27, 0.99 (W2 standard errors
+0.14-0.26); 182-228 CPU s each (scurve and spirals rerun with `end_margin`: before it 0.88, 0.81 and 1.11, 0.94).
+Transfer pairs (`--only transfer`): W2 / floor 0.76-1.35. The previous preset (networks that predict the drift, 2 x 2 x 2,200 steps) left precision
+0.665 on scurve and 0.819 on spirals (bench/results/2026-12-06_sharp_2d_levers.json).""",
+       predict="end", lr=1e-2, batch_size=2048, grid_steps=80, cache_npar=5000, cache_refresh=250, n_ipf=2, num_iter=4400)
 preset("dsbm", "gaussian", """An Euler grid of 400 steps (and 400 ODE steps), 3 iterations of 2 x 1,000 steps, batches of 2,048,
 40,000 pairs every 500 steps. Measured (`python bench/levers.py d=D T=T`, one thread of the 2-core development machine):
 cross-covariance at T = 1 2.84 % from the closed-form bridge at d = 20 (356 CPU s), 3.58 % at d = 50 (571 CPU s), by the control
@@ -283,7 +294,7 @@ for _name, _extra in {"mnist": dict(num_steps=30, n_ipf=20, cache_npar=1000, cac
 
 # %% ../nbs/11_dsbm.ipynb #5720b5ec
 preset("dsbm", "eot_mixture", """The mixture benchmark (`13_eot`) with the points preset's horizon T = 0.2 (the kernel LightSB is scored
-with: one problem for the solver table), batch, grid and pairs, lr 5e-3 (at 1e-2 the loss diverged at d = 64), and many short
+with: one problem for the solver table), batch, grid and pairs, networks that predict the drift, lr 5e-3 (at 1e-2 the loss diverged at d = 64), and many short
 IMF iterations: past d = 16, 80 iterations of 2 x 125 steps; up to d = 16, 20 of 2 x 500. Evaluated every 10th iteration (an
 evaluation scores 64,000 chains). cBW2-UVP against the closed-form plan (floors of 1,000 exact draws at 64 points: 0.16 % at
 d = 16, 0.50 % at d = 64), one thread, training CPU s, seed 0: d = 64 3.7 +- 0.8 % in 742 CPU s (`python bench/eot_dsbm.py 64
@@ -296,4 +307,4 @@ end's Gaussian-fit BW2-UVP is 0.08-0.12 % (0.05 % between two data samples), and
 conditioning points (largest per-point errors 15-30 % against a median of 1.1 %). At d = 64 IMF itself is slow: exact IMF
 on the pair's Gaussian moment-match is 5.0 % off after 4 iterations, 1.2 % after 8, and the mixture converges more slowly
 than its moment-match (bench/results/2026-12-06_eot_dsbm_levers.json).""",
-       by_dim={16: dict(n_ipf=20, num_iter=500)}, n_ipf=80, num_iter=125, lr=5e-3, eval_every=10);
+       by_dim={16: dict(n_ipf=20, num_iter=500)}, n_ipf=80, num_iter=125, lr=5e-3, eval_every=10, predict="drift");

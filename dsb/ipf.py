@@ -286,10 +286,20 @@ def dsb_solver(cfg, # a run config (`dsb.config.Config`)
                step_weights=STEP_WEIGHTS[cfg.time_sampling], warm_start=cfg.warm_start, cache_shards=cfg.cache_shards)
 
 # %% ../nbs/09_ipf.ipynb #10520f22
-preset("dsb", "points", """The paper's 2d settings: N = 20 steps of gamma 0.01, batch 512, lr 1e-3, EMA 0.999, caches of 2,500
-chains every 100 steps, 12 IPF iterations of 2 x 2,500 steps. `papermill nbs/train.ipynb out.ipynb` (scurve): about 4.5 minutes
-on one thread of the 2-core development machine (269 s, 2026-12-06), SW2 0.049 against a floor of 0.048 (one draw of 4,000
-points), exact W2 and kNN precision in bench/RESULTS.md.""")
+preset("dsb", "points", """The paper's 2d settings (batch 512, lr 1e-3, EMA 0.999, caches of 2,500 chains every 100 steps, 12 IPF
+iterations of 2 x 2,500 steps) with N = 20 steps that rise from gamma 0.002 at each end to 0.018 in the middle (the paper: 0.01
+throughout; the same T = 0.2), evaluated after every third iteration. Measured (`python bench/bench.py solvers --only 2d --solvers
+dsb --data scurve checker 8gaussians moon spirals pinwheel`, seed 0), exact W2 / floor and kNN precision (3 draws of 3,000
+points, SDE): scurve 1.21, 0.62; checker 1.11, 0.92; 8gaussians 0.98, 0.99; moon 0.98, 0.63; spirals 1.15, 0.92; pinwheel 1.25,
+0.97 (W2 standard errors 0.11-0.38); 238-284 CPU s each. Against the paper's 0.01 throughout, one training seed each
+(`python bench/levers2d.py dsb DATA gamma_min=G gamma_max=G2 eval_every=1`): precision 0.417 -> 0.626 on scurve, 0.884 -> 0.910
+on spirals (bench/results/2026-12-06_sharp_2d_levers.json).""",
+       gamma_min=0.002, gamma_max=0.018, eval_every=3)
+preset("dsb", "eot_mixture", """The mixture benchmark with the paper's 2d schedule, N = 20 steps of gamma 0.01 (the problem of DSB's
+column in the solver table: the benchmark is built for the solver's own chain), otherwise the points preset. Measured
+(`python bench/bench.py solvers --only eot --solvers dsb --eot-dims 16 64`, one thread): cBW2-UVP 1.15 % at d = 16 (387 CPU s),
+4.10 % at d = 64 (756 CPU s).""",
+       gamma_min=0.01, gamma_max=0.01, eval_every=1)
 preset("dsb", "gaussian", """4 IPF iterations of 2 x 1,000 steps, caches of 4,000 chains: about 70 CPU s at d = 5. Measured
 (`python bench/bench.py solvers --only gaussian --solvers dsb`, T = N gamma = 0.5, 1, 2): 8 %, 16 %, 73 % from the
 closed-form bridge of DSB's own chain at d = 5, the bias `03_gaussian` derives for DSB's update.""",

@@ -8,7 +8,8 @@ from conftest import killed_run, position
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(solver="dsbm", n_ipf=2, num_iter=100, cache_refresh=25, checkpoint_every=25, cache_npar=200, batch_size=64,
-            eval_npar=400, score_npar=300, progress=False, plots=False, data="moon", lr=1e-3, grid_steps=0)   # not the 2d preset: tiny
+            eval_npar=400, score_npar=300, progress=False, plots=False, data="moon", lr=1e-3, grid_steps=0,
+            predict="drift")   # not the 2d preset: tiny, and drift networks (predict='end', the preset's, has its own test below)
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,21 @@ def test_each_solver_gets_the_bridge_of_its_own_kernel():
     assert 0 < a < 1 and v > 0
 
 
+def test_mixture_presets_keep_what_their_figures_were_measured_with():
+    """The mixture's presets pin what the points family changed after they were measured (issue 23, deliverable 4): DSBM's
+    networks predict the drift, DSB runs the paper's N = 20 steps of 0.01. The 2d sets get the new choices."""
+    from dsb.config import make_config
+    from dsb.reference import Schedule
+    for d in (2, 16, 64):
+        dsbm = make_config(dataset="eot_mixture", data_dim=d, solver="dsbm")
+        dsb = make_config(dataset="eot_mixture", data_dim=d, solver="dsb")
+        assert dsbm.predict == "drift" and (dsb.gamma_min, dsb.gamma_max) == (0.01, 0.01) and dsb.eval_every == 1, d
+    two_d = make_config(dataset="2d", data="spirals", solver="dsb")
+    gammas = Schedule.from_params(two_d.num_steps, two_d.gamma_min, two_d.gamma_max, two_d.gamma_space).gammas
+    assert make_config(dataset="2d", solver="dsbm").predict == "end"
+    assert gammas[0] == gammas[-1] == 0.002 and abs(gammas.sum().item() - 0.2) < 1e-12   # small end steps, the paper's horizon
+
+
 @pytest.mark.parametrize("solver", ["lightsb", "dsbm", "dsb"])
 def test_runs_log_cbw2_uvp(tmp_path, solver):
     from dsb.run import run
